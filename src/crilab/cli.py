@@ -1,0 +1,102 @@
+"""The ``crilab`` command: ``crilab gen`` and ``crilab serve``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _cmd_gen(args: argparse.Namespace) -> int:
+    from . import stubs
+
+    names = args.proto or stubs.proto_names()
+    try:
+        if args.check or not args.out:
+            for name in names:
+                started = time.perf_counter()
+                where = stubs.generate(name)
+                took = (time.perf_counter() - started) * 1000
+                print(f"{name}.proto -> {where} ({took:.0f} ms)")
+            return 0
+        for name in names:
+            for path in stubs.write_stubs(name, args.out):
+                print(path)
+    except (stubs.ProtoError, ModuleNotFoundError, FileNotFoundError) as exc:
+        print(f"crilab gen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .runtime.serve import run
+
+    return run(listen=args.listen, preload=args.preload, quiet=args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crilab",
+        description="Learn gRPC through the Kubernetes CRI: a fake runtime, stubs, tools.",
+    )
+    parser.add_argument("--version", action="version", version=f"crilab {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gen = sub.add_parser(
+        "gen",
+        help="generate Python stubs from crilab's .proto files",
+        description="Write *_pb2.py, *_pb2_grpc.py and *_pb2.pyi for crilab's protos.",
+    )
+    gen.add_argument("--out", type=Path, help="write plain stubs here (import api_pb2 works)")
+    gen.add_argument(
+        "--proto",
+        action="append",
+        metavar="NAME",
+        help="only this proto (api, helloworld); repeat for more",
+    )
+    gen.add_argument(
+        "--check", action="store_true", help="fill crilab's stub cache and say where it is"
+    )
+    gen.set_defaults(func=_cmd_gen)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the fake CRI runtime in the foreground",
+        description="Serve the fake CRI runtime until Ctrl-C or SIGTERM.",
+    )
+    serve.add_argument(
+        "--listen",
+        metavar="ENDPOINT",
+        help="unix:///path.sock or tcp://127.0.0.1:PORT (default: a private unix socket)",
+    )
+    serve.add_argument(
+        "--preload",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="an image present from the start, e.g. busybox; repeat for more",
+    )
+    serve.add_argument("--quiet", action="store_true", help="print only the endpoint")
+    serve.set_defaults(func=_cmd_serve)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
