@@ -1,0 +1,1 @@
+"""The fake CRI runtime: state (no gRPC) below, servicer and server above."""
