@@ -1,0 +1,50 @@
+"""Shared fixtures: everything talks to real servers over real sockets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def run_python(code: str, *, env: dict[str, str] | None = None, cwd: Path | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (a new process, as a kernel restart gives)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=timeout, check=False)
+
+
+def find_crictl() -> str | None:
+    """``$CRICTL``, else ``../shared/bin/crictl``, else ``crictl`` on PATH."""
+    if os.environ.get("CRICTL"):
+        return os.environ["CRICTL"]
+    shared = ROOT.parent / "shared" / "bin" / "crictl"
+    if shared.is_file():
+        return str(shared)
+    return shutil.which("crictl")
+
+
+def require(found: object, why: str) -> None:
+    """Skip when a third-party program is missing, but fail under CI, which always has it."""
+    if found:
+        return
+    if IN_CI:
+        pytest.fail(f"{why} (CI=true: CI always provides it, so this is a failure)")
+    pytest.skip(why)
+
+
+@pytest.fixture
+def crictl() -> str:
+    path = find_crictl()
+    require(path, "crictl not found: set $CRICTL, put ../shared beside the repo, or install crictl")
+    assert path is not None
+    return path
