@@ -27,21 +27,20 @@ def test_unary(server) -> None:
 
 def test_server_streaming(server) -> None:
     assert helloworld.say_hello_stream(server.endpoint.uri, "Bo") == [
-        "Hello #1, Bo!", "Hello #2, Bo!", "Hello #3, Bo!",
+        "Hello #1, Bo!",
+        "Hello #2, Bo!",
+        "Hello #3, Bo!",
     ]
 
 
 def test_bidirectional_streaming(server) -> None:
     names = ["a", "b", "c", "d"]
-    assert helloworld.say_hello_bidi(server.endpoint.uri, names) == [
-        f"Hello, {n}!" for n in names
-    ]
+    assert helloworld.say_hello_bidi(server.endpoint.uri, names) == [f"Hello, {n}!" for n in names]
 
 
 def test_empty_name_is_invalid_argument_with_a_hint(server) -> None:
-    with helloworld.channel(server.endpoint.uri) as ch:
-        with pytest.raises(grpc.RpcError) as err:
-            helloworld_pb2_grpc.GreeterStub(ch).SayHello(helloworld_pb2.HelloRequest(), timeout=5)
+    with helloworld.channel(server.endpoint.uri) as ch, pytest.raises(grpc.RpcError) as err:
+        helloworld_pb2_grpc.GreeterStub(ch).SayHello(helloworld_pb2.HelloRequest(), timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "set name" in err.value.details()
     assert helloworld.say_hello(server.endpoint.uri, "still") == "Hello, still!"

@@ -68,9 +68,7 @@ def test_edited_proto_is_regenerated_in_the_next_process(
     assert after.stdout.strip() == "['greeting', 'name']"
 
 
-def test_edited_proto_in_the_same_process_says_restart(
-    cache: dict[str, str], protos: Path
-) -> None:
+def test_edited_proto_in_the_same_process_says_restart(cache: dict[str, str], protos: Path) -> None:
     script = f"""
 from pathlib import Path
 from crilab import stubs
@@ -95,7 +93,10 @@ def test_broken_proto_reports_file_and_line(cache: dict[str, str], protos: Path)
     env = {**cache, "CRILAB_PROTO_DIR": str(protos)}
     done = subprocess.run(
         [sys.executable, "-m", "crilab", "gen", "--check", "--proto", "broken"],
-        capture_output=True, text=True, env={**__import__("os").environ, **env}, check=False,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, **env},
+        check=False,
     )
     assert done.returncode == 1
     assert "broken.proto:4:" in done.stderr, done.stderr
@@ -114,11 +115,16 @@ def test_many_processes_starting_at_once_see_whole_stubs(cache: dict[str, str]) 
     code = "from crilab.stubs import api_pb2_grpc; print(api_pb2_grpc.RuntimeServiceStub)"
     env = {**__import__("os").environ, **cache}
     procs = [
-        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(16)
     ]
-    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    results = [(*p.communicate(timeout=120), p.returncode) for p in procs]
     failures = [(out, err) for out, err, rc in results if rc != 0]
     assert not failures, failures[0]
     generated = [p for p in Path(cache["CRILAB_CACHE_DIR"]).iterdir() if p.name.startswith("api-")]
@@ -129,8 +135,12 @@ def test_many_processes_starting_at_once_see_whole_stubs(cache: dict[str, str]) 
 
 def test_gen_out_writes_plain_importable_stubs(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "crilab", "gen", "--out", str(out)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "crilab", "gen", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     check = run_python(
         "import api_pb2, api_pb2_grpc, helloworld_pb2_grpc;"
@@ -142,8 +152,9 @@ def test_gen_out_writes_plain_importable_stubs(tmp_path: Path) -> None:
 
 
 def test_cli_help_lists_subcommands() -> None:
-    done = subprocess.run([sys.executable, "-m", "crilab", "--help"], capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "crilab", "--help"], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0
     for command in ("gen", "serve"):
         assert command in done.stdout

@@ -139,7 +139,9 @@ def private_socket_dir() -> Path:
     two kernels of one user never share a path.
     """
     base = _runtime_base()
-    path = Path(tempfile.mkdtemp(prefix="rt-", dir=base) if base else tempfile.mkdtemp(prefix="crilab-"))
+    path = Path(
+        tempfile.mkdtemp(prefix="rt-", dir=base) if base else tempfile.mkdtemp(prefix="crilab-")
+    )
     os.chmod(path, 0o700)
     return path
 

@@ -24,7 +24,7 @@ class Greeter(helloworld_pb2_grpc.GreeterServicer):
         self.greeting = greeting
         self.replies = replies
 
-    def SayHello(self, request, context):  # noqa: N802 (gRPC method names)
+    def SayHello(self, request, context):
         if not request.name:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -32,13 +32,13 @@ class Greeter(helloworld_pb2_grpc.GreeterServicer):
             )
         return helloworld_pb2.HelloReply(message=f"{self.greeting}, {request.name}!")
 
-    def SayHelloStreamReply(self, request, context):  # noqa: N802
+    def SayHelloStreamReply(self, request, context):
         for i in range(self.replies):
             if not context.is_active():
                 return
             yield helloworld_pb2.HelloReply(message=f"{self.greeting} #{i + 1}, {request.name}!")
 
-    def SayHelloBidiStream(self, request_iterator, context):  # noqa: N802
+    def SayHelloBidiStream(self, request_iterator, context):
         for request in request_iterator:
             yield helloworld_pb2.HelloReply(message=f"{self.greeting}, {request.name}!")
 

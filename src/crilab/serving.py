@@ -68,6 +68,7 @@ class GrpcServer:
     ) -> None:
         self._private_dir: Path | None = None
         self._stopped = threading.Event()
+        self._on_stop: list[Callable[[], None]] = []
         if listen is None:
             self._private_dir = private_socket_dir()
             target = parse(f"unix://{self._private_dir / socket_name}")
@@ -114,6 +115,10 @@ class GrpcServer:
             )
         return Endpoint("tcp", host=target.host, port=port)
 
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the server has stopped (also at interpreter exit)."""
+        self._on_stop.append(callback)
+
     @property
     def running(self) -> bool:
         return not self._stopped.is_set()
@@ -130,6 +135,8 @@ class GrpcServer:
         self._remove_private_dir()
         with _live_lock:
             _live.discard(self)
+        for callback in self._on_stop:
+            callback()
 
     def _remove_private_dir(self) -> None:
         if self._private_dir is not None:

@@ -1,0 +1,96 @@
+"""Small builders for CRI configs, so a notebook cell stays short.
+
+They build the same messages the kubelet sends, with the fields a learner
+cares about up front and sensible defaults for the rest. Everything they
+return is a plain ``api_pb2`` message that can be edited further.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+
+from .stubs import api_pb2
+
+__all__ = ["container_config", "default_log_directory", "pod_config"]
+
+
+def default_log_directory() -> str:
+    """A private directory for container logs (the kubelet uses /var/log/pods/...)."""
+    base = os.path.join(tempfile.gettempdir(), f"crilab-logs-{os.getuid()}")
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    return base
+
+
+def pod_config(
+    name: str,
+    namespace: str = "default",
+    *,
+    uid: str | None = None,
+    attempt: int = 0,
+    labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+    hostname: str = "",
+    log_directory: str | None = None,
+    host_network: bool = False,
+) -> api_pb2.PodSandboxConfig:
+    """A ``PodSandboxConfig`` like the kubelet's for a pod ``namespace/name``.
+
+    ``uid`` defaults to a fresh UUID, as the API server assigns one per pod.
+    ``host_network=True`` is what a real containerd here needs (no CNI network).
+    """
+    uid = uid or str(uuid.uuid4())
+    # The kubelet's layout: /var/log/pods/<namespace>_<name>_<uid>/<container>/<attempt>.log
+    pod_logs = os.path.join(default_log_directory(), f"{namespace}_{name}_{uid}")
+    config = api_pb2.PodSandboxConfig(
+        metadata=api_pb2.PodSandboxMetadata(
+            name=name, namespace=namespace, uid=uid, attempt=attempt
+        ),
+        hostname=hostname,
+        log_directory=log_directory or pod_logs,
+        labels=dict(labels or {}),
+        annotations=dict(annotations or {}),
+    )
+    if host_network:
+        config.linux.security_context.namespace_options.network = api_pb2.NODE
+    return config
+
+
+def container_config(
+    name: str,
+    image: str,
+    command: Sequence[str] = (),
+    args: Sequence[str] = (),
+    *,
+    attempt: int = 0,
+    env: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+    working_dir: str = "",
+    log_path: str | None = None,
+) -> api_pb2.ContainerConfig:
+    """A ``ContainerConfig`` for container ``name`` running ``image``.
+
+    ``command``/``args`` override the image's ENTRYPOINT/CMD as in a pod spec.
+    The log goes to ``NAME/ATTEMPT.log`` under the pod's log directory, like
+    the kubelet's layout.
+    """
+    return api_pb2.ContainerConfig(
+        metadata=api_pb2.ContainerMetadata(name=name, attempt=attempt),
+        image=api_pb2.ImageSpec(image=image),
+        command=list(command),
+        args=list(args),
+        envs=[api_pb2.KeyValue(key=k, value=_env_value(v)) for k, v in (env or {}).items()],
+        labels=dict(labels or {}),
+        annotations=dict(annotations or {}),
+        working_dir=working_dir,
+        log_path=log_path or f"{name}/{attempt}.log",
+    )
+
+
+def _env_value(value: str) -> object:
+    """KeyValue.value's generated type (bytes in the reference contract, str upstream)."""
+    field = api_pb2.KeyValue.DESCRIPTOR.fields_by_name["value"]
+    return value.encode() if field.type == field.TYPE_BYTES else value

@@ -1,0 +1,331 @@
+"""Recording and fault injection, written once as a gRPC server interceptor.
+
+Every RPC the fake runtime serves passes through ``Instrument``: it may be
+delayed or failed on purpose (``inject_latency``, ``inject_error``), and it is
+recorded (method, request, response or status, timing, peer) in a bounded
+ring buffer. The servicer knows nothing of this; nor does the state.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+#: Responses larger than this are not kept in the history (their size is).
+KEEP_RESPONSE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Call:
+    """One recorded RPC."""
+
+    method: str  # short name, e.g. "StartContainer"
+    service: str  # e.g. "runtime.v1.RuntimeService"
+    request: Any
+    response: Any  # the reply (unary), the number of messages (streams), or None
+    code: str  # "OK", "NOT_FOUND", ...
+    details: str
+    started: float  # wall-clock time.time()
+    duration: float  # seconds
+    peer: str
+    injected: str = ""  # "error", "latency 0.05s", or ""
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "OK"
+
+    def as_dict(self) -> dict[str, Any]:
+        """A flat row for tables and plots (no pandas needed)."""
+        return {
+            "method": self.method,
+            "service": self.service,
+            "code": self.code,
+            "details": self.details,
+            "started": self.started,
+            "duration_ms": self.duration * 1000,
+            "peer": self.peer,
+            "injected": self.injected,
+        }
+
+
+class Lognormal:
+    """Latency drawn from a lognormal distribution given its p50 and p99 (seconds)."""
+
+    def __init__(self, p50: float, p99: float, seed: int | None = None) -> None:
+        if not 0 < p50 <= p99:
+            raise ValueError("need 0 < p50 <= p99, e.g. Lognormal(p50=0.002, p99=0.02)")
+        self.p50, self.p99 = p50, p99
+        self._mu = math.log(p50)
+        self._sigma = (math.log(p99) - self._mu) / 2.3263478740408408  # z of 0.99
+        self._rng = random.Random(seed)
+
+    def __call__(self) -> float:
+        return self._rng.lognormvariate(self._mu, self._sigma)
+
+    def __repr__(self) -> str:
+        return f"Lognormal(p50={self.p50}, p99={self.p99})"
+
+
+@dataclass
+class _Fault:
+    method: str  # short name or "*"
+    times: int | None  # remaining; None = unlimited
+    probability: float | None
+    code: grpc.StatusCode | None = None
+    message: str = ""
+    delay: float | Callable[[], float] | None = None
+    rng: random.Random = field(default_factory=random.Random)
+
+    def applies(self, method: str) -> bool:
+        if self.method not in ("*", method):
+            return False
+        if self.times is not None and self.times <= 0:
+            return False
+        return self.probability is None or self.rng.random() < self.probability
+
+    def seconds(self) -> float:
+        return self.delay() if callable(self.delay) else float(self.delay or 0)
+
+
+def _status_code(code: grpc.StatusCode | str) -> grpc.StatusCode:
+    if isinstance(code, grpc.StatusCode):
+        return code
+    try:
+        return grpc.StatusCode[str(code).upper()]
+    except KeyError:
+        names = ", ".join(c.name for c in grpc.StatusCode)
+        raise ValueError(f"unknown gRPC status code {code!r}; use one of {names}") from None
+
+
+class Instrument(grpc.ServerInterceptor):
+    """The one interceptor: inject faults, then record what happened."""
+
+    def __init__(self, history: int = 10_000, methods: Iterable[str] = ()) -> None:
+        self._calls: collections.deque[Call] = collections.deque(maxlen=history)
+        self._faults: list[_Fault] = []
+        self._lock = threading.Lock()
+        self._known = set(methods)
+        self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    # -- control (from Python, while serving) -----------------------------------
+
+    def _check_method(self, method: str | None) -> str:
+        if method in (None, "*"):
+            return "*"
+        if self._known and method not in self._known:
+            close = [m for m in sorted(self._known) if m.lower() == method.lower()]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"no RPC named {method!r}{hint}; use a short name such as 'StartContainer'"
+            )
+        return method
+
+    def inject_error(
+        self,
+        method: str,
+        code: grpc.StatusCode | str,
+        message: str = "",
+        times: int | None = 1,
+        probability: float | None = None,
+    ) -> None:
+        """Fail the next ``times`` calls of ``method`` (``None``: until cleared)."""
+        if probability is not None and not 0 <= probability <= 1:
+            raise ValueError("probability must be between 0 and 1")
+        status = _status_code(code)
+        if status == grpc.StatusCode.OK:
+            raise ValueError("an injected error needs a non-OK code, e.g. 'UNAVAILABLE'")
+        fault = _Fault(
+            self._check_method(method),
+            times if probability is None else None if times == 1 else times,
+            probability,
+            code=status,
+            message=message or f"injected {status.name} (crilab fault injection)",
+        )
+        with self._lock:
+            self._faults.append(fault)
+
+    def inject_latency(
+        self,
+        seconds: float | Callable[[], float],
+        method: str | None = None,
+        times: int | None = None,
+    ) -> None:
+        """Delay calls of ``method`` (all methods when ``None``) by a fixed or drawn time."""
+        if not callable(seconds) and seconds < 0:
+            raise ValueError("latency must be >= 0 seconds")
+        fault = _Fault(self._check_method(method), times, None, delay=seconds)
+        with self._lock:
+            self._faults.append(fault)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def _take_faults(self, method: str) -> tuple[float, _Fault | None]:
+        delay, error = 0.0, None
+        with self._lock:
+            if not self._faults:
+                return 0.0, None
+            for fault in self._faults:
+                if (fault.code is None or error is None) and fault.applies(method):
+                    if fault.times is not None:
+                        fault.times -= 1
+                    if fault.code is None:
+                        delay += fault.seconds()
+                    else:
+                        error = fault
+            self._faults = [f for f in self._faults if f.times is None or f.times > 0]
+        return delay, error
+
+    # -- history ---------------------------------------------------------------
+
+    @property
+    def calls(self) -> list[Call]:
+        with self._lock:
+            return list(self._calls)
+
+    def clear_calls(self) -> None:
+        with self._lock:
+            self._calls.clear()
+
+    def _record(self, call: Call) -> None:
+        with self._lock:
+            self._calls.append(call)
+
+    # -- interception ----------------------------------------------------------
+
+    def intercept_service(self, continuation, handler_call_details):
+        full = handler_call_details.method
+        try:
+            return self._handlers[full]
+        except KeyError:
+            pass
+        handler = continuation(handler_call_details)
+        wrapped = self._wrap(full, handler) if handler is not None else None
+        self._handlers[full] = wrapped
+        return wrapped
+
+    def _wrap(self, full: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        service, _, method = full.lstrip("/").rpartition("/")
+        if service.startswith("grpc."):  # reflection and health are not the runtime's calls
+            return handler
+        kinds = (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+        )
+        for attr, make, streams in kinds:
+            behavior = getattr(handler, attr)
+            if behavior is not None:
+                wrapped = (self._streaming if streams else self._unary)(service, method, behavior)
+                return make(
+                    wrapped,
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler
+
+    def _unary(self, service: str, method: str, behavior: Callable[..., Any]):
+        def call(request, context):
+            started, t0 = time.time(), time.perf_counter()
+            delay, error = self._take_faults(method)
+            response, failed = None, True
+            try:
+                self._apply(delay, error, context)
+                response = behavior(request, context)
+                failed = False
+                return response
+            finally:
+                self._finish(
+                    service,
+                    method,
+                    request,
+                    response,
+                    context,
+                    started,
+                    t0,
+                    _note(delay, error),
+                    failed,
+                )
+
+        return call
+
+    def _streaming(self, service: str, method: str, behavior: Callable[..., Any]):
+        def call(request, context):
+            started, t0 = time.time(), time.perf_counter()
+            delay, error = self._take_faults(method)
+            sent, failed = 0, True
+            try:
+                self._apply(delay, error, context)
+                for message in behavior(request, context):
+                    sent += 1
+                    yield message
+                failed = False
+            finally:
+                self._finish(
+                    service,
+                    method,
+                    request,
+                    sent,
+                    context,
+                    started,
+                    t0,
+                    _note(delay, error),
+                    failed,
+                )
+
+        return call
+
+    @staticmethod
+    def _apply(delay: float, error: _Fault | None, context) -> None:
+        if delay:
+            time.sleep(delay)  # outside every lock
+        if error is not None:
+            assert error.code is not None
+            context.abort(error.code, error.message)
+
+    def _finish(self, service, method, request, response, context, started, t0, injected, failed):
+        duration = time.perf_counter() - t0
+        code = context.code()
+        if isinstance(code, grpc.StatusCode):
+            name = code.name
+        else:
+            name = "UNKNOWN" if failed else "OK"
+        if failed and name == "OK":
+            name = "CANCELLED"  # a stream the client abandoned
+        if hasattr(response, "ByteSize") and response.ByteSize() > KEEP_RESPONSE_BYTES:
+            response = f"<{type(response).__name__}: {response.ByteSize()} bytes, not kept>"
+        self._record(
+            Call(
+                method,
+                service,
+                request,
+                response,
+                name,
+                context.details() or "",
+                started,
+                duration,
+                context.peer(),
+                injected,
+            )
+        )
+
+
+def _note(delay: float, error: _Fault | None) -> str:
+    parts = [f"latency {delay:.3f}s"] if delay else []
+    if error is not None:
+        parts.append("error")
+    return ", ".join(parts)
+
+
+def format_calls(calls: Sequence[Call]) -> str:
+    return "\n".join(f"{c.method} {c.code} {c.duration * 1000:.2f}ms" for c in calls)

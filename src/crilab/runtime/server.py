@@ -1,0 +1,183 @@
+"""``FakeRuntime``: the fake CRI runtime serving on a real gRPC channel.
+
+    rt = crilab.FakeRuntime()                 # serves at once, private unix socket
+    rt.endpoint                               # 'unix:///.../crilab.sock'
+    rt.state                                  # the RuntimeState, for direct calls
+    rt.calls, rt.inject_error(...), rt.reset(), rt.stop()
+
+The same state, servicers and interceptor run in-process (this class, on a
+background thread) and as ``crilab serve`` (``serve.py``): one backend, two
+ways to reach it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ..serving import GrpcServer
+from ..stubs import api_pb2, api_pb2_grpc
+from .instrument import Call, Instrument, Lognormal
+from .servicer import ImageServicer, RuntimeServicer
+from .state import RuntimeState
+
+__all__ = ["Call", "FakeRuntime", "Lognormal"]
+
+RUNTIME_SERVICE = "runtime.v1.RuntimeService"
+IMAGE_SERVICE = "runtime.v1.ImageService"
+
+
+def _method_names() -> list[str]:
+    names = []
+    for service in api_pb2.DESCRIPTOR.services_by_name.values():
+        names.extend(m.name for m in service.methods)
+    return names
+
+
+class FakeRuntime:
+    """A fake CRI runtime (RuntimeService + ImageService) on a background thread.
+
+    ``listen``: ``None`` for a private unix socket, ``"unix:///path.sock"``, or
+    ``"tcp://127.0.0.1:0"`` (port 0 picks a free port). ``images``: references
+    present from the start, e.g. ``["busybox"]``. ``seed`` makes IDs
+    deterministic. ``history`` bounds the recorded calls.
+    """
+
+    def __init__(
+        self,
+        listen: str | None = None,
+        *,
+        images: Iterable[str] = (),
+        seed: str | int | None = None,
+        history: int = 10_000,
+        max_workers: int = 32,
+    ) -> None:
+        self.state = RuntimeState(images=images, seed=seed)
+        self.instrument = Instrument(history=history, methods=_method_names())
+        self.health = health.HealthServicer()
+        try:
+            self._server = GrpcServer(
+                self._register,
+                listen,
+                max_workers=max_workers,
+                interceptors=[self.instrument],
+            )
+        except BaseException:
+            self.state.close()
+            raise
+        self._server.on_stop(self._closing)
+
+    def _register(self, server: grpc.Server) -> None:
+        api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(self.state), server)
+        api_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(self.state), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        for name in ("", RUNTIME_SERVICE, IMAGE_SERVICE):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection(
+            (RUNTIME_SERVICE, IMAGE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
+        )
+
+    def _closing(self) -> None:
+        self.health.enter_graceful_shutdown()
+        self.state.close()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """Where to connect: ``unix:///...`` (crictl too) or ``tcp://127.0.0.1:PORT``."""
+        return self._server.endpoint.uri
+
+    @property
+    def running(self) -> bool:
+        return self._server.running
+
+    def crictl_command(self) -> str:
+        """A crictl command line pointed at this runtime (unix sockets only)."""
+        if not self._server.endpoint.is_unix:
+            return "# crictl accepts unix sockets only; start with FakeRuntime() for crictl"
+        ep = self.endpoint
+        return f"crictl --runtime-endpoint {ep} --image-endpoint {ep}"
+
+    def stop(self, grace: float | None = 0.5) -> None:
+        """Stop serving, remove the socket, end the timers. A new FakeRuntime can follow."""
+        self._server.stop(grace)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._server.wait(timeout)
+
+    def reset(self) -> None:
+        """Back to a fresh runtime: no pods, containers, calls or faults; preloads again."""
+        self.state.reset()
+        self.instrument.clear_calls()
+        self.instrument.clear_faults()
+
+    def __enter__(self) -> FakeRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "serving" if self.running else "stopped"
+        return (
+            f"<FakeRuntime {state} on {self.endpoint}: {len(self.state.pods)} pods, "
+            f"{len(self.state.containers)} containers, {len(self.state.images)} images>"
+        )
+
+    # -- the instrument (fake-only) ---------------------------------------------
+
+    @property
+    def calls(self) -> list[Call]:
+        """A copy of the recorded calls, oldest first (bounded by ``history``)."""
+        return self.instrument.calls
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    def calls_table(self) -> list[dict[str, object]]:
+        return [c.as_dict() for c in self.calls]
+
+    def clear_calls(self) -> None:
+        self.instrument.clear_calls()
+
+    def assert_calls(self, expected: Sequence[str], *, exact: bool = False) -> None:
+        """Check the recorded methods contain ``expected`` in this order (all of them if exact)."""
+        seen = [c.method for c in self.calls]
+        if exact:
+            ok = seen == list(expected)
+        else:
+            it = iter(seen)
+            ok = all(any(m == s for s in it) for m in expected)
+        if not ok:
+            raise AssertionError(
+                f"expected calls {'exactly ' if exact else ''}{list(expected)} in this order, "
+                f"but the runtime saw {seen}"
+            )
+
+    def inject_error(
+        self,
+        method: str,
+        code: grpc.StatusCode | str,
+        message: str = "",
+        times: int | None = 1,
+        probability: float | None = None,
+    ) -> None:
+        """Make the next ``times`` calls of ``method`` ("*" for all) fail with ``code``."""
+        self.instrument.inject_error(method, code, message, times, probability)
+
+    def inject_latency(
+        self,
+        seconds: float | Callable[[], float],
+        method: str | None = None,
+        times: int | None = None,
+    ) -> None:
+        """Delay calls by ``seconds`` or a draw such as ``Lognormal(p50=0.002, p99=0.02)``."""
+        self.instrument.inject_latency(seconds, method, times)
+
+    def clear_faults(self) -> None:
+        self.instrument.clear_faults()

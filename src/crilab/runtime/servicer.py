@@ -1,0 +1,318 @@
+"""The gRPC face of the fake runtime: protobuf requests in, state calls, protobuf out.
+
+Thin on purpose. Each RPC method unpacks its request, calls ``RuntimeState``
+and wraps the answer. Domain errors become gRPC status codes in exactly one
+place, ``_abort_with``, applied to every RPC by ``_translating``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from ..stubs import api_pb2, api_pb2_grpc
+from . import stats
+from .errors import CRIError, Unimplemented
+from .state import RuntimeState
+
+log = logging.getLogger(__name__)
+
+#: How many items one message of a Stream* RPC carries: small enough that a
+#: chunk of big containers stays far below the 16 MiB message limit.
+STREAM_CHUNK = 1000
+
+
+def _abort_with(context: grpc.ServicerContext, error: CRIError) -> None:
+    context.abort(getattr(grpc.StatusCode, error.code), error.message)
+
+
+def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn domain errors into status codes; anything else is a crilab bug (INTERNAL)."""
+
+    def fail(context: grpc.ServicerContext, exc: Exception) -> None:
+        if isinstance(exc, CRIError):
+            _abort_with(context, exc)
+        log.exception("bug in crilab's fake runtime while serving %s", method.__name__)
+        context.abort(
+            grpc.StatusCode.INTERNAL,
+            f"bug in crilab's fake runtime ({type(exc).__name__}: {exc}); please report it",
+        )
+
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def streaming(self, request, context):
+            try:
+                yield from method(self, request, context)
+            except Exception as exc:
+                fail(context, exc)
+
+        return streaming
+
+    @functools.wraps(method)
+    def unary(self, request, context):
+        try:
+            return method(self, request, context)
+        except Exception as exc:
+            fail(context, exc)
+
+    return unary
+
+
+def _translate_all(cls: type) -> type:
+    for name, member in list(vars(cls).items()):
+        if name[:1].isupper() and callable(member):
+            setattr(cls, name, _translating(member))
+    return cls
+
+
+def _chunks(items: list[Any], size: int = STREAM_CHUNK) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _unimplemented(what: str) -> Unimplemented:
+    return Unimplemented(what)
+
+
+@_translate_all
+class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
+    """runtime.v1.RuntimeService over a ``RuntimeState``."""
+
+    def __init__(self, state: RuntimeState) -> None:
+        self.state = state
+
+    # -- runtime ---------------------------------------------------------------
+
+    def Version(self, request, context):
+        return self.state.version()
+
+    def Status(self, request, context):
+        resp = api_pb2.StatusResponse()
+        for kind in ("RuntimeReady", "NetworkReady"):
+            resp.status.conditions.add(type=kind, status=True)
+        resp.runtime_handlers.add(name="", features=api_pb2.RuntimeHandlerFeatures())
+        resp.features.supplemental_groups_policy = True
+        if request.verbose:
+            resp.info["config"] = (
+                '{"runtime": "crilab-fake", "note": "a fake CRI runtime for learning; '
+                'no real containers run", "cgroupDriver": "systemd"}'
+            )
+        return resp
+
+    def RuntimeConfig(self, request, context):
+        resp = api_pb2.RuntimeConfigResponse()
+        resp.linux.cgroup_driver = api_pb2.SYSTEMD
+        return resp
+
+    def UpdateRuntimeConfig(self, request, context):
+        self.state.pod_cidr = request.runtime_config.network_config.pod_cidr
+        return api_pb2.UpdateRuntimeConfigResponse()
+
+    # -- pod sandboxes ---------------------------------------------------------
+
+    def RunPodSandbox(self, request, context):
+        pod_id = self.state.run_pod_sandbox(request.config, request.runtime_handler)
+        return api_pb2.RunPodSandboxResponse(pod_sandbox_id=pod_id)
+
+    def StopPodSandbox(self, request, context):
+        self.state.stop_pod_sandbox(request.pod_sandbox_id)
+        return api_pb2.StopPodSandboxResponse()
+
+    def RemovePodSandbox(self, request, context):
+        self.state.remove_pod_sandbox(request.pod_sandbox_id)
+        return api_pb2.RemovePodSandboxResponse()
+
+    def PodSandboxStatus(self, request, context):
+        return self.state.pod_sandbox_status(request.pod_sandbox_id, request.verbose)
+
+    def ListPodSandbox(self, request, context):
+        flt = request.filter if request.HasField("filter") else None
+        return api_pb2.ListPodSandboxResponse(items=self.state.list_pod_sandbox(flt))
+
+    def StreamPodSandboxes(self, request, context):
+        flt = request.filter if request.HasField("filter") else None
+        for chunk in _chunks(self.state.list_pod_sandbox(flt)):
+            yield api_pb2.StreamPodSandboxesResponse(pod_sandboxes=chunk)
+
+    def UpdatePodSandboxResources(self, request, context):
+        self.state.update_pod_sandbox_resources(request.pod_sandbox_id)
+        return api_pb2.UpdatePodSandboxResourcesResponse()
+
+    # -- containers ------------------------------------------------------------
+
+    def CreateContainer(self, request, context):
+        cid = self.state.create_container(request.pod_sandbox_id, request.config)
+        return api_pb2.CreateContainerResponse(container_id=cid)
+
+    def StartContainer(self, request, context):
+        self.state.start_container(request.container_id)
+        return api_pb2.StartContainerResponse()
+
+    def StopContainer(self, request, context):
+        self.state.stop_container(request.container_id, request.timeout)
+        return api_pb2.StopContainerResponse()
+
+    def RemoveContainer(self, request, context):
+        self.state.remove_container(request.container_id)
+        return api_pb2.RemoveContainerResponse()
+
+    def ListContainers(self, request, context):
+        flt = request.filter if request.HasField("filter") else None
+        return api_pb2.ListContainersResponse(containers=self.state.list_containers(flt))
+
+    def StreamContainers(self, request, context):
+        flt = request.filter if request.HasField("filter") else None
+        for chunk in _chunks(self.state.list_containers(flt)):
+            yield api_pb2.StreamContainersResponse(containers=chunk)
+
+    def ContainerStatus(self, request, context):
+        return self.state.container_status(request.container_id, request.verbose)
+
+    def UpdateContainerResources(self, request, context):
+        linux = request.linux if request.HasField("linux") else None
+        self.state.update_container_resources(request.container_id, linux)
+        return api_pb2.UpdateContainerResourcesResponse()
+
+    def ReopenContainerLog(self, request, context):
+        self.state.reopen_container_log(request.container_id)
+        return api_pb2.ReopenContainerLogResponse()
+
+    def ExecSync(self, request, context):
+        return self.state.exec_sync(request.container_id, list(request.cmd), request.timeout)
+
+    def Exec(self, request, context):
+        self._check_running(request.container_id)
+        raise Unimplemented(
+            "streaming Exec is not served by crilab's fake runtime (it would need an HTTP "
+            "streaming server). Use ExecSync instead: crictl exec -s CONTAINER CMD, or "
+            "client.exec_sync(container_id, [...])"
+        )
+
+    def Attach(self, request, context):
+        self._check_running(request.container_id)
+        raise Unimplemented(
+            "Attach is not served by crilab's fake runtime (a simulated process has no "
+            "terminal). Read the container's output with crictl logs CONTAINER instead"
+        )
+
+    def PortForward(self, request, context):
+        self.state.pod_sandbox_status(request.pod_sandbox_id)
+        raise Unimplemented(
+            "PortForward is not served by crilab's fake runtime: its containers open no real "
+            "ports. Use ExecSync to look inside a container instead"
+        )
+
+    def _check_running(self, container_id: str) -> None:
+        status = self.state.container_status(container_id).status
+        if status.state != api_pb2.CONTAINER_RUNNING:
+            from .errors import FailedPrecondition
+
+            raise FailedPrecondition(
+                f"container {status.id[:13]} is {api_pb2.ContainerState.Name(status.state)}: "
+                "it must be running"
+            )
+
+    def CheckpointContainer(self, request, context):
+        self.state.container_status(request.container_id)
+        raise Unimplemented(
+            "CheckpointContainer is not implemented, as in containerd 1.6 (checkpointing needs "
+            "CRIU and a newer runtime; CRI-O and containerd 2.x can do it)"
+        )
+
+    def GetContainerEvents(self, request, context):
+        with self.state.events.subscribe() as sub:
+            context.add_callback(sub.close)  # the client went away: free the queue
+            while context.is_active():
+                event = sub.get(timeout=0.5)
+                if event is not None:
+                    yield event
+                elif sub.closed:
+                    return
+
+    # -- stats -----------------------------------------------------------------
+
+    def ContainerStats(self, request, context):
+        return api_pb2.ContainerStatsResponse(
+            stats=stats.container_stats(self.state, request.container_id)
+        )
+
+    def ListContainerStats(self, request, context):
+        flt = request.filter if request.HasField("filter") else None
+        return api_pb2.ListContainerStatsResponse(stats=stats.list_container_stats(self.state, flt))
+
+    def StreamContainerStats(self, request, context):
+        flt = request.filter if request.HasField("filter") else None
+        for chunk in _chunks(stats.list_container_stats(self.state, flt)):
+            yield api_pb2.StreamContainerStatsResponse(container_stats=chunk)
+
+    def PodSandboxStats(self, request, context):
+        return api_pb2.PodSandboxStatsResponse(
+            stats=stats.pod_stats(self.state, request.pod_sandbox_id)
+        )
+
+    def ListPodSandboxStats(self, request, context):
+        flt = request.filter if request.HasField("filter") else None
+        return api_pb2.ListPodSandboxStatsResponse(stats=stats.list_pod_stats(self.state, flt))
+
+    def StreamPodSandboxStats(self, request, context):
+        flt = request.filter if request.HasField("filter") else None
+        for chunk in _chunks(stats.list_pod_stats(self.state, flt)):
+            yield api_pb2.StreamPodSandboxStatsResponse(pod_sandbox_stats=chunk)
+
+    def ListMetricDescriptors(self, request, context):
+        return api_pb2.ListMetricDescriptorsResponse(descriptors=stats.metric_descriptors())
+
+    def ListPodSandboxMetrics(self, request, context):
+        return api_pb2.ListPodSandboxMetricsResponse(pod_metrics=stats.pod_metrics(self.state))
+
+    def StreamPodSandboxMetrics(self, request, context):
+        for chunk in _chunks(stats.pod_metrics(self.state)):
+            yield api_pb2.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=chunk)
+
+
+@_translate_all
+class ImageServicer(api_pb2_grpc.ImageServiceServicer):
+    """runtime.v1.ImageService over the same ``RuntimeState``."""
+
+    def __init__(self, state: RuntimeState) -> None:
+        self.state = state
+
+    def ListImages(self, request, context):
+        ref = request.filter.image.image if request.HasField("filter") else ""
+        return api_pb2.ListImagesResponse(images=self.state.list_images(ref))
+
+    def StreamImages(self, request, context):
+        ref = request.filter.image.image if request.HasField("filter") else ""
+        for chunk in _chunks(self.state.list_images(ref)):
+            yield api_pb2.StreamImagesResponse(images=chunk)
+
+    def ImageStatus(self, request, context):
+        return self.state.image_status(request.image.image, request.verbose)
+
+    def PullImage(self, request, context):
+        return api_pb2.PullImageResponse(image_ref=self.state.pull_image(request.image.image))
+
+    def RemoveImage(self, request, context):
+        self.state.remove_image(request.image.image)
+        return api_pb2.RemoveImageResponse()
+
+    def ImageFsInfo(self, request, context):
+        used, count = self.state.image_fs_usage()
+        now = time.time_ns()
+        resp = api_pb2.ImageFsInfoResponse()
+        image_fs = resp.image_filesystems.add(timestamp=now)
+        image_fs.fs_id.mountpoint = str(self.state.root / "images")
+        image_fs.used_bytes.value = used
+        image_fs.inodes_used.value = count * 100
+        ctr_fs = resp.container_filesystems.add(timestamp=now)
+        ctr_fs.fs_id.mountpoint = str(self.state.root / "containers")
+        ctr_fs.used_bytes.value = 4096 * len(self.state.containers)
+        ctr_fs.inodes_used.value = 10 * len(self.state.containers)
+        return resp
