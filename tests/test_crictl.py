@@ -51,7 +51,7 @@ def served(tmp_path_factory) -> Iterator[tuple[str, Path, str]]:
 
 def crictl(served, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
     binary, work, endpoint = served
-    env = {**os.environ, "HOME": str(work)}
+    env = dict(os.environ)
     done = subprocess.run(
         [
             binary,
@@ -146,7 +146,7 @@ def test_pod_and_container_lifecycle(served) -> None:
         assert time.monotonic() < deadline, "the container's output never reached its log"
         time.sleep(0.05)
 
-    assert ctr in crictl(served, "stop", ctr[:13]).stdout
+    assert ctr[:13] in crictl(served, "stop", ctr[:13]).stdout
     exited = json.loads(crictl(served, "inspect", ctr[:13]).stdout)["status"]
     assert (exited["state"], exited["exitCode"], exited["reason"]) == (
         "CONTAINER_EXITED",
@@ -154,12 +154,12 @@ def test_pod_and_container_lifecycle(served) -> None:
         "Error",
     )
     assert "Exited" in crictl(served, "ps", "-a").stdout
-    assert ctr in crictl(served, "rm", ctr[:13]).stdout
+    assert ctr[:13] in crictl(served, "rm", ctr[:13]).stdout
     assert ctr[:13] not in crictl(served, "ps", "-a").stdout
 
-    assert f"Stopped sandbox {pod}" in crictl(served, "stopp", pod[:13]).stdout
+    assert f"Stopped sandbox {pod[:13]}" in crictl(served, "stopp", pod[:13]).stdout
     assert "NotReady" in crictl(served, "pods").stdout
-    assert f"Removed sandbox {pod}" in crictl(served, "rmp", pod[:13]).stdout
+    assert f"Removed sandbox {pod[:13]}" in crictl(served, "rmp", pod[:13]).stdout
     assert pod[:13] not in crictl(served, "pods").stdout
 
 
