@@ -21,7 +21,7 @@ _LAZY = {
     "FakeRuntime": "crilab.runtime.server",
     "connect": "crilab.client",
     "Client": "crilab.client",
-    "explain": "crilab.explain",
+    "explain": "crilab.explanations",
     "load_stubs": "crilab.stubs",
 }
 

@@ -1,0 +1,294 @@
+"""The kubelet-style client against a real FakeRuntime over real sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+
+import crilab
+from crilab import FakeRuntime
+from crilab.builders import container_config, pod_config
+from crilab.client import (
+    ENDPOINT_ENV,
+    Client,
+    IncompatibleRuntime,
+    RuntimeUnavailable,
+    connect,
+    parse_cri_log,
+)
+from crilab.stubs import api_pb2 as pb
+from crilab.stubs import api_pb2_grpc
+
+BUSYBOX = "localhost/crilab/busybox:local"
+
+
+@pytest.fixture
+def rt() -> Iterator[FakeRuntime]:
+    with FakeRuntime(images=[BUSYBOX]) as runtime:
+        yield runtime
+
+
+@pytest.fixture
+def client(rt: FakeRuntime) -> Iterator[Client]:
+    with connect(rt.endpoint) as c:
+        yield c
+
+
+def wait_state(client: Client, cid: str, state: int, within: float = 10.0) -> pb.ContainerStatus:
+    deadline = time.monotonic() + within
+    while True:
+        status = client.container_status(cid)
+        if status.state == state or time.monotonic() > deadline:
+            return status
+        time.sleep(0.02)
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- connecting --------------------------------------------------------------------
+
+
+def test_public_names() -> None:
+    assert crilab.connect is connect
+    assert crilab.Client is Client
+    assert issubclass(RuntimeUnavailable, ConnectionError)
+    assert issubclass(IncompatibleRuntime, RuntimeUnavailable)
+
+
+@pytest.mark.parametrize("listen", [None, "tcp://127.0.0.1:0"], ids=["unix", "tcp"])
+def test_whole_lifecycle(listen: str | None) -> None:
+    with FakeRuntime(listen, images=[BUSYBOX]) as rt, connect(rt.endpoint) as client:
+        assert client.endpoint == rt.endpoint
+        assert client.version().runtime_api_version == "v1"
+        conditions = {c.type: c.status for c in client.status().status.conditions}
+        assert conditions["RuntimeReady"] is True
+
+        pod_cfg = pod_config("web", labels={"app": "web"})
+        pod_id = client.run_pod_sandbox(pod_cfg)
+        assert client.pod_sandbox_status(pod_id).status.state == pb.SANDBOX_READY
+        assert [p.id for p in client.list_pod_sandbox(state="READY")] == [pod_id]
+        assert [p.id for p in client.list_pod_sandbox(labels={"app": "web"})] == [pod_id]
+        assert client.list_pod_sandbox(labels={"app": "other"}) == []
+
+        cfg = container_config("app", BUSYBOX, ["sleep", "infinity"], labels={"tier": "x"})
+        cid = client.create_container(pod_id, cfg, pod_cfg)
+        assert client.container_status(cid).state == pb.CONTAINER_CREATED
+        client.start_container(cid)
+        assert wait_state(client, cid, pb.CONTAINER_RUNNING).state == pb.CONTAINER_RUNNING
+        running = client.list_containers(pod_id=pod_id, state="RUNNING")
+        assert [c.id for c in running] == [cid]
+        assert client.list_containers(state=pb.CONTAINER_EXITED) == []
+        assert [c.id for c in client.list_containers(labels={"tier": "x"})] == [cid]
+
+        out = client.exec_sync(cid, ["echo", "hi"], timeout_seconds=5)
+        assert (out.exit_code, out.stdout) == (0, b"hi\n")
+        assert client.container_stats(cid).attributes.id == cid
+        assert [s.attributes.id for s in client.list_container_stats(pod_id=pod_id)] == [cid]
+
+        client.stop_container(cid, timeout_seconds=1)
+        assert wait_state(client, cid, pb.CONTAINER_EXITED).state == pb.CONTAINER_EXITED
+        client.remove_container(cid)
+        assert client.list_containers() == []
+        client.stop_pod_sandbox(pod_id)
+        assert [p.id for p in client.list_pod_sandbox(state="SANDBOX_NOTREADY")] == [pod_id]
+        client.remove_pod_sandbox(pod_id)
+        assert client.list_pod_sandbox() == []
+
+        assert [i.id for i in client.list_images(BUSYBOX)] == [client.image_status(BUSYBOX).id]
+        assert client.image_fs_info().image_filesystems
+
+
+def test_images_and_ensure_image(rt: FakeRuntime, client: Client) -> None:
+    assert client.image_status("alpine") is None  # missing is OK with no image, not an error
+    rt.clear_calls()
+    first = client.ensure_image("alpine")
+    assert [c.method for c in rt.calls] == ["ImageStatus", "PullImage"]
+    rt.clear_calls()
+    second = client.ensure_image("alpine")
+    assert [c.method for c in rt.calls] == ["ImageStatus"]  # IfNotPresent: no second pull
+    assert first == second == client.image_status("alpine").id
+    assert len(client.list_images()) == 2
+    client.remove_image("alpine")
+    assert client.image_status("alpine") is None
+    assert client.pull_image("alpine") == first
+
+
+def test_connect_over_unix_forms(rt: FakeRuntime) -> None:
+    path = rt.endpoint.removeprefix("unix://")
+    for form in (f"unix:{path}", path):
+        with connect(form) as c:
+            assert c.version().runtime_api_version == "v1"
+
+
+def test_default_endpoint_from_env(rt: FakeRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENDPOINT_ENV, rt.endpoint)
+    with connect() as c:
+        assert c.endpoint == rt.endpoint
+        assert c.version().runtime_name
+
+
+def test_no_endpoint_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENDPOINT_ENV, raising=False)
+    with pytest.raises(RuntimeUnavailable) as info:
+        connect()
+    message = str(info.value)
+    assert ENDPOINT_ENV in message
+    assert "crilab.FakeRuntime()" in message and "crilab serve" in message
+
+
+def test_nothing_listening_on_unix_socket() -> None:
+    with tempfile.TemporaryDirectory(prefix="crilab-") as tmp:
+        endpoint = f"unix://{tmp}/nobody.sock"
+        with pytest.raises(RuntimeUnavailable) as info:
+            connect(endpoint, timeout=0.5)
+    assert info.value.endpoint == endpoint
+    assert endpoint in str(info.value)
+    assert "FakeRuntime" in str(info.value)
+    assert "no socket" in str(info.value)
+
+
+def test_nothing_listening_on_tcp_port() -> None:
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    with pytest.raises(RuntimeUnavailable) as info:
+        connect(endpoint, timeout=0.5)
+    assert endpoint in str(info.value)
+    assert "FakeRuntime" in str(info.value)
+
+
+class OldRuntime(api_pb2_grpc.RuntimeServiceServicer):
+    """A runtime that answers Version with an API version crilab does not speak."""
+
+    def Version(self, request, context):
+        return pb.VersionResponse(
+            version="0.1.0",
+            runtime_name="oldtainerd",
+            runtime_version="1.5.0",
+            runtime_api_version="v1alpha2",
+        )
+
+
+@pytest.fixture
+def tiny_server() -> Iterator[tuple[grpc.Server, str]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    port = server.add_insecure_port("127.0.0.1:0")
+    yield server, f"tcp://127.0.0.1:{port}"
+    server.stop(0).wait()
+
+
+def test_wrong_api_version(tiny_server: tuple[grpc.Server, str]) -> None:
+    server, endpoint = tiny_server
+    api_pb2_grpc.add_RuntimeServiceServicer_to_server(OldRuntime(), server)
+    server.start()
+    with pytest.raises(IncompatibleRuntime) as info:
+        connect(endpoint)
+    assert info.value.api_version == "v1alpha2"
+    assert "v1alpha2" in str(info.value) and "v1" in str(info.value)
+    assert endpoint in str(info.value)
+
+
+def test_server_without_runtime_v1(tiny_server: tuple[grpc.Server, str]) -> None:
+    server, endpoint = tiny_server  # no services at all: every method is UNIMPLEMENTED
+    server.start()
+    with pytest.raises(IncompatibleRuntime) as info:
+        connect(endpoint)
+    assert "UNIMPLEMENTED" in str(info.value) and "runtime.v1" in str(info.value)
+
+
+# -- errors are the runtime's own ------------------------------------------------------
+
+
+def test_errors_are_raised_unchanged(client: Client) -> None:
+    pod_id = client.run_pod_sandbox(pod_config("web"))
+    cid = client.create_container(pod_id, container_config("app", BUSYBOX, ["sleep", "infinity"]))
+    client.start_container(cid)
+    with pytest.raises(grpc.RpcError) as info:
+        client.start_container(cid)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as info:
+        client.container_status("0" * 64)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as info:
+        client.run_pod_sandbox(pb.PodSandboxConfig())
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_injected_error_and_timeout_override(rt: FakeRuntime, client: Client) -> None:
+    rt.inject_error("Version", "UNAVAILABLE", "going away")
+    with pytest.raises(grpc.RpcError) as info:
+        client.version()
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.UNAVAILABLE, "going away")
+    rt.inject_latency(1.0, method="Version", times=1)
+    with pytest.raises(grpc.RpcError) as info:
+        client.version(timeout=0.05)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_bad_state_name(client: Client) -> None:
+    with pytest.raises(ValueError, match="RUNNING"):
+        client.list_containers(state="SLEEPING")
+
+
+# -- events and logs -------------------------------------------------------------------
+
+
+def test_container_events_can_be_cancelled(client: Client) -> None:
+    pod_id = client.run_pod_sandbox(pod_config("web"))
+    seen: list[int] = []
+    events = client.container_events()
+    got_one = threading.Event()
+
+    def watch() -> None:
+        for event in events:
+            seen.append(event.container_event_type)
+            got_one.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    deadline = time.monotonic() + 10
+    while not got_one.is_set() and time.monotonic() < deadline:
+        # the subscription may start after the first create: keep making containers
+        client.create_container(
+            pod_id, container_config(f"c{len(seen)}-{time.monotonic_ns()}", BUSYBOX, ["true"])
+        )
+        got_one.wait(0.1)
+    events.close()
+    watcher.join(timeout=10)
+    assert not watcher.is_alive()  # iteration ended quietly, no CANCELLED raised
+    assert pb.CONTAINER_CREATED_EVENT in seen
+
+
+def test_logs_of_an_exited_container(client: Client) -> None:
+    pod_cfg = pod_config("logs")
+    pod_id = client.run_pod_sandbox(pod_cfg)
+    cfg = container_config("echo", BUSYBOX, ["sh", "-c", "echo one; echo two"])
+    cid = client.create_container(pod_id, cfg, pod_cfg)
+    client.start_container(cid)
+    status = wait_state(client, cid, pb.CONTAINER_EXITED)
+    assert status.state == pb.CONTAINER_EXITED
+    assert os.path.isabs(status.log_path)
+    assert client.logs(cid) == ["one", "two"]
+    assert client.logs(cid, tail=1) == ["two"]
+    assert client.logs(cid, stream="stderr") == []
+
+
+def test_parse_cri_log_joins_partial_lines() -> None:
+    records = [
+        "2024-01-01T00:00:00.000000000Z stdout P hel\n",
+        "2024-01-01T00:00:00.000000001Z stderr F oops\n",
+        "2024-01-01T00:00:00.000000002Z stdout F lo world\n",
+        "2024-01-01T00:00:00.000000003Z stdout F \n",
+    ]
+    assert parse_cri_log(records) == ["oops", "hello world", ""]
+    assert parse_cri_log(records, stream="stdout") == ["hello world", ""]
