@@ -53,8 +53,10 @@ def pod_config(
         labels=dict(labels or {}),
         annotations=dict(annotations or {}),
     )
+    namespaces = config.linux.security_context.namespace_options
+    namespaces.pid = api_pb2.CONTAINER  # the kubelet's default (no shareProcessNamespace)
     if host_network:
-        config.linux.security_context.namespace_options.network = api_pb2.NODE
+        namespaces.network = api_pb2.NODE
     return config
 
 
@@ -77,7 +79,7 @@ def container_config(
     The log goes to ``NAME/ATTEMPT.log`` under the pod's log directory, like
     the kubelet's layout.
     """
-    return api_pb2.ContainerConfig(
+    config = api_pb2.ContainerConfig(
         metadata=api_pb2.ContainerMetadata(name=name, attempt=attempt),
         image=api_pb2.ImageSpec(image=image),
         command=list(command),
@@ -88,6 +90,10 @@ def container_config(
         working_dir=working_dir,
         log_path=log_path or f"{name}/{attempt}.log",
     )
+    # Its own PID namespace, as the kubelet asks by default: the command is PID 1, which
+    # is why a shell ignores SIGTERM and StopContainer waits out the grace period.
+    config.linux.security_context.namespace_options.pid = api_pb2.CONTAINER
+    return config
 
 
 def _env_value(value: str) -> object:

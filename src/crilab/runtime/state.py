@@ -43,6 +43,8 @@ READY = api_pb2.SANDBOX_READY
 NOTREADY = api_pb2.SANDBOX_NOTREADY
 
 EXIT_KILLED = 137  # 128 + SIGKILL, what a runtime reports for a killed process
+SETTLE_SECONDS = 1.0  # at most this long StopContainer waits for a just-started process's first step
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 RUNTIME_NAME = "crilab-fake"
 RUNTIME_VERSION = "0.1.0"
@@ -108,6 +110,9 @@ class _Run:
     process: processes.Process
     steps: Any
     exited: threading.Event = field(default_factory=threading.Event)
+    # set once the process ran to its first sleep or its end: only then does
+    # ``process.sigterm_exit_code`` say what PID 1 really is (an entrypoint script execs nginx)
+    settled: threading.Event = field(default_factory=threading.Event)
     cancelled: bool = False
 
 
@@ -564,6 +569,12 @@ class RuntimeState:
 
     def _advance(self, ctr: Container, run: _Run) -> None:
         """Pull the process's next steps: write output, wait out sleeps, notice the exit."""
+        try:
+            self._advance_steps(ctr, run)
+        finally:
+            run.settled.set()
+
+    def _advance_steps(self, ctr: Container, run: _Run) -> None:
         while not run.cancelled:
             try:
                 step = next(run.steps)
@@ -611,11 +622,22 @@ class RuntimeState:
             if ctr.item.state != RUNNING or ctr.run is None:
                 return  # stopping CREATED or EXITED is OK and changes nothing
             run = ctr.run
-            graceful = run.process.sigterm_exit_code
+            pid1 = ctr.config.linux.security_context.namespace_options.pid == api_pb2.CONTAINER
+        # A stop right after the start must not see the process before its first step
+        # (the entrypoint script, not the nginx it execs): let it settle, outside the lock.
+        run.settled.wait(SETTLE_SECONDS)
+        graceful = run.process.sigterm_exit_code
+        if timeout <= 0:
+            graceful = None  # no grace period: SIGKILL at once, as containerd does
+        elif graceful is None and not pid1:
+            # In the pod's (or the node's) PID namespace the process is not PID 1, so
+            # SIGTERM's default action applies: it dies of the signal, 128 + 15.
+            graceful = EXIT_TERMINATED
         if graceful is not None:
             self._exited(ctr, run, graceful)
             return
-        # PID 1 ignores SIGTERM (a shell, sleep): wait out the grace period, then SIGKILL.
+        # PID 1 of its own PID namespace gets no default signal actions, so a shell or
+        # sleep ignores SIGTERM: wait out the grace period, then SIGKILL.
         if timeout > 0:
             run.exited.wait(timeout)
         with self._lock:
