@@ -1,0 +1,80 @@
+"""Binder: the repo2docker configuration is valid, light, and pinned like pyproject.toml."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+BINDER = ROOT / "binder"
+
+
+def _pins(lines: list[str]) -> dict[str, str]:
+    pins = {}
+    for line in lines:
+        m = re.match(r"^([A-Za-z0-9_.-]+)==([^\s;]+)", line.strip())
+        if m:
+            pins[m.group(1).lower()] = m.group(2)
+    return pins
+
+
+def test_binder_pins_agree_with_pyproject() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    ours = _pins(project["dependencies"])
+    binder = _pins((BINDER / "requirements.txt").read_text().splitlines())
+    for name in (
+        "grpcio",
+        "grpcio-tools",
+        "protobuf",
+        "grpcio-reflection",
+        "grpcio-health-checking",
+    ):
+        assert binder[name] == ours[name], f"{name}: binder {binder[name]}, pyproject {ours[name]}"
+    assert (BINDER / "requirements.txt").read_text().splitlines()[-1].strip() == "."
+
+
+def test_postbuild_is_light() -> None:
+    script = (BINDER / "postBuild").read_text()
+    commands = [c for c in script.splitlines() if c.strip() and not c.startswith(("#", "set "))]
+    assert commands == ["crilab gen --check"], "postBuild must stay light: no compiling"
+    assert (BINDER / "runtime.txt").read_text().strip() == "python-3.11"
+
+
+@pytest.mark.timeout(180)
+def test_repo2docker_reads_the_configuration(tmp_path: Path) -> None:
+    r2d = shutil.which("jupyter-repo2docker", path=str(Path(sys.executable).parent))
+    assert r2d, "jupyter-repo2docker is in the test extra"
+    # a clean export of what git tracks, as Binder clones it
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    files = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    for name in filter(None, files):
+        dest = repo / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, dest)
+    done = subprocess.run(
+        [r2d, "--no-build", "--debug", str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    dockerfile = done.stdout + done.stderr
+    assert "python=3.11" in dockerfile or "python-3.11" in dockerfile
+    copy_repo = dockerfile.index("COPY --chown=0:0 src/ ${REPO_DIR}/")
+    install = dockerfile.index('pip install --no-cache-dir -r "binder/requirements.txt"')
+    assert copy_repo < install, "the repository is copied before `.` is installed"
+    assert "./binder/postBuild" in dockerfile
