@@ -48,6 +48,13 @@ _STATE_COLOURS = {
 }
 
 
+_TABLE_STYLE = (
+    "<style>.crilab-table{border-collapse:collapse;margin-top:6px}"
+    ".crilab-table th,.crilab-table td{border-bottom:1px solid #ddd;padding:3px 12px;"
+    "text-align:left}</style>"
+)
+
+
 def _state_cell(name: str) -> str:
     colour = _STATE_COLOURS.get(name, "#333")
     return f'<td class="crilab-state" data-state="{name}" style="color:{colour}"><b>{name}</b></td>'
@@ -294,8 +301,8 @@ class LifecyclePanel(w.VBox):
                     )
             body = "".join(rows) or "<tr><td colspan='4'><em>no pods</em></td></tr>"
             self.table.value = (
-                "<table class='crilab-table'><thead><tr><th>kind</th><th>name</th><th>ID</th>"
-                f"<th>state</th></tr></thead><tbody>{body}</tbody></table>"
+                f"{_TABLE_STYLE}<table class='crilab-table'><thead><tr><th>kind</th><th>name</th>"
+                f"<th>ID</th><th>state</th></tr></thead><tbody>{body}</tbody></table>"
             )
             options = [(f"{c.metadata.name} ({c.id[:13]})", c.id) for c in ctrs]
             selected = self.container.value
