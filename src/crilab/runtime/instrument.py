@@ -298,10 +298,14 @@ class Instrument(grpc.ServerInterceptor):
         code = context.code()
         if isinstance(code, grpc.StatusCode):
             name = code.name
+        elif not context.is_active():  # a stream the client abandoned, or its deadline passed
+            remaining = context.time_remaining()
+            name = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
         else:
             name = "UNKNOWN" if failed else "OK"
-        if failed and name == "OK":
-            name = "CANCELLED"  # a stream the client abandoned
+        details = context.details() or ""
+        if isinstance(details, bytes):  # grpcio's server context keeps them encoded
+            details = details.decode("utf-8", errors="replace")
         if hasattr(response, "ByteSize") and response.ByteSize() > KEEP_RESPONSE_BYTES:
             response = f"<{type(response).__name__}: {response.ByteSize()} bytes, not kept>"
         self._record(
@@ -311,7 +315,7 @@ class Instrument(grpc.ServerInterceptor):
                 request,
                 response,
                 name,
-                context.details() or "",
+                details,
                 started,
                 duration,
                 context.peer(),

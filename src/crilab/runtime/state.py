@@ -43,7 +43,7 @@ READY = api_pb2.SANDBOX_READY
 NOTREADY = api_pb2.SANDBOX_NOTREADY
 
 EXIT_KILLED = 137  # 128 + SIGKILL, what a runtime reports for a killed process
-SETTLE_SECONDS = 1.0  # at most this long StopContainer waits for a just-started process's first step
+SETTLE_SECONDS = 1.0  # longest StopContainer waits for a just-started process's first step
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 RUNTIME_NAME = "crilab-fake"
@@ -202,6 +202,7 @@ class RuntimeState:
         self._ctr_index = _Index()
         self._pod_names: dict[tuple[str, str, str, int], str] = {}
         self._ctr_names: dict[tuple[str, str, int], str] = {}
+        self._logs_to_close: list[processes.CRILogWriter] = []  # of exited containers
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -506,6 +507,9 @@ class RuntimeState:
             self._ctr_names[key] = cid
             event = self._event_locked(ctr, api_pb2.CONTAINER_CREATED_EVENT)
         ctr.log = processes.CRILogWriter(log_path)  # I/O outside the lock
+        # The file exists at once (crictl logs works), but only a RUNNING container holds
+        # it open: thousands of created or exited containers must not exhaust descriptors.
+        ctr.log.close()
         self._publish([event])
         return cid
 
@@ -542,6 +546,10 @@ class RuntimeState:
             ctr.status.started_at = _now()
             event = self._event_locked(ctr, api_pb2.CONTAINER_STARTED_EVENT)
             run = ctr.run
+        if ctr.log:
+            ctr.log.reopen()
+            if run.cancelled:  # killed meanwhile, and its log closed before this reopen
+                ctr.log.close()
         self._publish([event])
         self._scheduler.call_soon(lambda: self._advance(ctr, run))
 
@@ -609,6 +617,8 @@ class RuntimeState:
         ctr.status.exit_code = code
         ctr.status.finished_at = _now()
         ctr.status.reason = "Completed" if code == 0 else "Error"
+        if ctr.log:
+            self._logs_to_close.append(ctr.log)  # closed by _publish, outside the lock
         return self._event_locked(ctr, api_pb2.CONTAINER_STOPPED_EVENT)
 
     def _move_locked(self, ctr: Container, new: int) -> None:
@@ -625,7 +635,8 @@ class RuntimeState:
             pid1 = ctr.config.linux.security_context.namespace_options.pid == api_pb2.CONTAINER
         # A stop right after the start must not see the process before its first step
         # (the entrypoint script, not the nginx it execs): let it settle, outside the lock.
-        run.settled.wait(SETTLE_SECONDS)
+        if timeout > 0:
+            run.settled.wait(SETTLE_SECONDS)
         graceful = run.process.sigterm_exit_code
         if timeout <= 0:
             graceful = None  # no grace period: SIGKILL at once, as containerd does
@@ -783,6 +794,10 @@ class RuntimeState:
         return event
 
     def _publish(self, events: list[api_pb2.ContainerEventResponse]) -> None:
+        with self._lock:
+            logs, self._logs_to_close = self._logs_to_close, []
+        for log in logs:
+            log.close()
         for event in events:
             self.events.publish(event)
 
