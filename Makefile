@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# JupyterLab on notebooks/; each notebook starts its own fake CRI runtime (or set
+# CONTAINER_RUNTIME_ENDPOINT to use a real one). As root, JupyterLab needs --allow-root.
 lab: $(STAMP)
-	cd notebooks && ../$(BIN)/jupyter lab --port=$(PORT) $(if $(filter 0,$(shell id -u)),--allow-root,)
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks --port=$(PORT) $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
