@@ -56,3 +56,32 @@ def crictl() -> str:
     require(path, "crictl not found: set $CRICTL, put ../shared beside the repo, or install crictl")
     assert path is not None
     return path
+
+
+CONTAINERD_REF = ROOT.parent / "shared" / "containerd" / "containerd-ref"
+
+
+@pytest.fixture(scope="session")
+def containerd(tmp_path_factory):
+    """A real containerd 1.6 (../shared/containerd/containerd-ref): its endpoint, then stopped.
+
+    Host-network pods only, local images only, never a pull.
+    """
+    require(
+        shutil.which("containerd") and CONTAINERD_REF.is_file() and os.geteuid() == 0,
+        "needs root, ../shared/containerd/containerd-ref and Debian's containerd "
+        "(apt-get install containerd runc busybox-static containernetworking-plugins)",
+    )
+    base = tmp_path_factory.mktemp("containerd")
+    started = subprocess.run(
+        [str(CONTAINERD_REF), "start", str(base)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert started.returncode == 0, started.stderr
+    yield started.stdout.strip().splitlines()[-1]
+    subprocess.run(
+        [str(CONTAINERD_REF), "stop", str(base)], capture_output=True, timeout=120, check=False
+    )

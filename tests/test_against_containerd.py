@@ -8,11 +8,8 @@ a caller's mistake, the fake deliberately answers the precise code (docs/behavio
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -23,12 +20,9 @@ from crilab.builders import container_config, pod_config
 from crilab.stubs import api_pb2 as pb
 from crilab.stubs import api_pb2_grpc
 
-from .conftest import ROOT, require
-
 pytestmark = pytest.mark.timeout(240)
 
 BUSYBOX = "localhost/crilab/busybox:local"
-REF = ROOT.parent / "shared" / "containerd" / "containerd-ref"
 
 #: step -> (containerd's code, the fake's code): the deliberate differences.
 PRECISE_INSTEAD_OF_UNKNOWN = {
@@ -241,22 +235,6 @@ def scenario(target: str, tmp: Path) -> dict[str, tuple]:
     )
     channel.close()
     return seen
-
-
-@pytest.fixture(scope="module")
-def containerd(tmp_path_factory) -> Iterator[str]:
-    require(
-        shutil.which("containerd") and REF.is_file() and os.geteuid() == 0,
-        "needs root, ../shared/containerd/containerd-ref and Debian's containerd "
-        "(apt-get install containerd runc busybox-static containernetworking-plugins)",
-    )
-    base = tmp_path_factory.mktemp("containerd")
-    started = subprocess.run(
-        [str(REF), "start", str(base)], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert started.returncode == 0, started.stderr
-    yield started.stdout.strip().splitlines()[-1]
-    subprocess.run([str(REF), "stop", str(base)], capture_output=True, timeout=120, check=False)
 
 
 def test_the_fake_answers_like_containerd(containerd: str, tmp_path: Path) -> None:
