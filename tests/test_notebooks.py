@@ -1,0 +1,306 @@
+"""Every notebook in notebooks/, run in a fresh kernel as a learner would run it.
+
+For each ``notebooks/*.ipynb`` (a new notebook is picked up by the glob):
+
+* it is committed without outputs or execution counts;
+* its exercise cells (metadata ``{"crilab": {"exercise": ID}}``) and check cells
+  (``{"crilab": {"check": ID}}``) match the exercises registered in
+  ``crilab.exercises.nbNN``;
+* run as shipped, top to bottom, it raises nothing and every check says "Not solved yet";
+  run again in the same kernel, it still raises nothing and every cell that printed
+  ``serving on <endpoint>`` (the convention for a cell that starts a server) does so again;
+* run with ``solution_source(ID)`` in each exercise cell, every check says "Solved";
+* the outputs hold the strings listed for it in ``EXPECT`` (what the notebook is about);
+* once its kernel has shut down, no unix socket it printed (``unix:///...``) is left.
+
+Per-notebook expectations live in ``EXPECT``; a notebook without an entry gets ``Expect()``.
+Execution times are recorded as the ``execution_seconds`` property and printed at the end
+of the session.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from crilab.exercises import exercise_ids, solution_source
+
+from .conftest import ROOT
+
+#: Part of ``make test``; ``-m "not slow"`` leaves them out of a quick local run.
+pytestmark = pytest.mark.slow
+
+NOTEBOOKS = ROOT / "notebooks"
+PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What a notebook's outputs must show, beyond running without error."""
+
+    #: Strings that appear in the outputs, run as shipped and run solved.
+    outputs: tuple[str, ...] = ()
+    #: At least this many exercises (NOTEBOOKS.md: every notebook has some).
+    min_exercises: int = 1
+    #: At least this many unix sockets printed (servers the notebook started).
+    min_sockets: int = 1
+    #: Seconds one cell may take.
+    cell_timeout: int = 120
+
+
+EXPECT: dict[str, Expect] = {
+    "01-grpc-basics": Expect(
+        outputs=(
+            "5 bytes: 0a 03 41 64 61",  # HelloRequest(name="Ada") on the wire
+            "attempt=150  -> 20 96 01",  # a varint
+            "('attempt', 4, 1)",  # field numbers
+            "name: '' | still holds: b'\\x12\\x03Ada'",  # renumbering breaks decoding
+            "rpc SayHelloBidiStream",  # the service in the .proto
+            "helloworld_pb2_grpc.py",  # crilab gen --out
+            "GreeterStub",
+            'message: "Hello, Ada!"',
+            "code:    StatusCode.INVALID_ARGUMENT",
+            "details: HelloRequest.name is empty",
+            "StatusCode.DEADLINE_EXCEEDED after 0.5 s",
+            "trailing metadata: ()",
+        ),
+        min_exercises=2,
+    ),
+    "02-helloworld": Expect(
+        outputs=(
+            "SayHelloStreamReply  _UnaryStreamMultiCallable",
+            "HelloReply -> Hello, Ada!",
+            "first: Hello #1, Ada!",
+            "then:  Hello #3, Ada!",
+            "again: [] | status: StatusCode.OK",
+            "Hello, Grace!",  # the bidi conversation
+            "Hello, Ada! (over TCP)",
+            "EndpointError: cannot listen on tcp://127.0.0.1:",
+        ),
+        min_exercises=2,
+        min_sockets=1,
+    ),
+}
+
+_SOCKET = re.compile(r"unix://(/[^\s'\"<>()]+)")
+
+
+@dataclass
+class Run:
+    """One kernel's execution of a notebook: outputs per pass, time, sockets left."""
+
+    passes: list[nbformat.NotebookNode]
+    #: The first pass over the cells; ``total`` adds kernel start, a second pass, shutdown.
+    seconds: float
+    total: float
+    sockets: list[str] = field(default_factory=list)
+    left_behind: list[str] = field(default_factory=list)
+
+
+class _Times:
+    """Prints every notebook's execution time at the end of the session."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, Run] = {}
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.runs:
+            terminalreporter.write_sep("-", "notebook execution times")
+            for name, run in sorted(self.runs.items()):
+                terminalreporter.write_line(
+                    f"{name}: cells {run.seconds:.1f} s "
+                    f"(with kernel start, {len(run.passes)} pass(es), shutdown: {run.total:.1f} s)"
+                )
+
+
+_TIMES = _Times()
+_RUNS: dict[tuple[str, bool], Run | BaseException] = {}
+
+
+def expect(path: Path) -> Expect:
+    return EXPECT.get(path.stem, Expect())
+
+
+def text_of(cell) -> str:
+    """Everything a code cell showed, as text (streams, every data format, errors)."""
+    parts: list[str] = []
+    for output in cell.get("outputs", []):
+        if output.output_type == "stream":
+            parts.append(output.text)
+        elif output.output_type == "error":
+            parts.append(f"{output.ename}: {output.evalue}")
+        else:
+            parts.extend(str(value) for value in output.get("data", {}).values())
+    return "\n".join(parts)
+
+
+def tagged(nb, key: str) -> list[tuple[int, str]]:
+    """(index, exercise id) of the cells whose ``crilab`` metadata has ``key``."""
+    return [
+        (i, cell.metadata["crilab"][key])
+        for i, cell in enumerate(nb.cells)
+        if key in cell.metadata.get("crilab", {})
+    ]
+
+
+def execute(path: Path, *, solved: bool) -> Run:
+    """Run a notebook in a fresh kernel (twice as shipped, once solved); cached per session."""
+    key = (path.name, solved)
+    if key not in _RUNS:
+        try:
+            _RUNS[key] = _execute(path, solved=solved)
+        except BaseException as exc:
+            _RUNS[key] = exc
+    result = _RUNS[key]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _execute(path: Path, *, solved: bool) -> Run:
+    nb = nbformat.read(path, as_version=4)
+    if solved:
+        for index, exercise_id in tagged(nb, "exercise"):
+            nb.cells[index].source = solution_source(exercise_id)
+    client = NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=expect(path).cell_timeout,
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    )
+    passes, seconds = [], []
+    begun = time.perf_counter()
+    with client.setup_kernel():
+        for _ in range(1 if solved else 2):
+            started = time.perf_counter()
+            for index, cell in enumerate(nb.cells):
+                client.execute_cell(cell, index)
+            seconds.append(time.perf_counter() - started)
+            passes.append(copy.deepcopy(nb))
+    # The kernel has shut down: its servers must have removed their sockets.
+    run = Run(passes, seconds[0], time.perf_counter() - begun)
+    for done in passes:
+        for cell in done.cells:
+            run.sockets += _SOCKET.findall(text_of(cell))
+    run.left_behind = sorted({p for p in run.sockets if os.path.exists(p)})
+    _TIMES.runs[f"{path.name} ({'solved' if solved else 'as shipped'})"] = run
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _print_times_at_the_end(pytestconfig):
+    if not pytestconfig.pluginmanager.is_registered(_TIMES):
+        pytestconfig.pluginmanager.register(_TIMES, "crilab-notebook-times")
+
+
+@pytest.fixture
+def run_notebook(record_property):
+    """``run_notebook(path, solved=...)``: the cached run, its time recorded on the test."""
+
+    def run(path: Path, *, solved: bool) -> Run:
+        result = execute(path, solved=solved)
+        record_property("execution_seconds", round(result.seconds, 2))
+        return result
+
+    return run
+
+
+notebooks = pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+
+
+def test_there_are_notebooks() -> None:
+    assert PATHS, f"no notebooks in {NOTEBOOKS}"
+
+
+@notebooks
+def test_committed_without_outputs(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+    dirty = [
+        i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
+    ]
+    assert not dirty, f"cells {dirty} have outputs or execution counts: clear them"
+    text = path.read_text()
+    for local in {str(ROOT), str(Path.home())} - {"/"}:
+        assert local not in text, f"{local}: an absolute path of this machine"
+
+
+@notebooks
+def test_exercise_and_check_cells_match_the_registered_exercises(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    exercises = [i for _, i in tagged(nb, "exercise")]
+    checks = [i for _, i in tagged(nb, "check")]
+    registered = exercise_ids(path.name[:2])
+    assert len(exercises) >= expect(path).min_exercises
+    assert sorted(exercises) == sorted(checks) == registered, (exercises, checks, registered)
+    for index, exercise_id in tagged(nb, "check"):
+        assert f'check("{exercise_id}"' in nb.cells[index].source
+
+
+def _statuses(run_nb) -> list[tuple[str, str]]:
+    """(exercise id, 'solved' | 'not solved' | 'no feedback') of every check cell."""
+    found = []
+    for index, exercise_id in tagged(run_nb, "check"):
+        shown = text_of(run_nb.cells[index])
+        if "data-solved='true'" in shown and shown.count("data-solved=") == 1:
+            found.append((exercise_id, "solved"))
+        elif "data-solved='false'" in shown and "Not solved yet" in shown:
+            found.append((exercise_id, "not solved"))
+        else:
+            found.append((exercise_id, "no feedback"))
+    return found
+
+
+@notebooks
+def test_runs_as_shipped_and_every_check_says_not_solved(path: Path, run_notebook) -> None:
+    run = run_notebook(path, solved=False)
+    statuses = _statuses(run.passes[0])
+    assert statuses and all(status == "not solved" for _, status in statuses), statuses
+
+
+@notebooks
+def test_reference_solutions_solve_every_exercise(path: Path, run_notebook) -> None:
+    run = run_notebook(path, solved=True)
+    statuses = _statuses(run.passes[0])
+    assert statuses and all(status == "solved" for _, status in statuses), statuses
+
+
+@notebooks
+@pytest.mark.parametrize("solved", [False, True], ids=["as-shipped", "solved"])
+def test_key_outputs_appear(path: Path, solved: bool) -> None:
+    shown = "\n".join(text_of(cell) for cell in execute(path, solved=solved).passes[0].cells)
+    missing = [s for s in expect(path).outputs if s not in shown]
+    assert not missing, f"not in the outputs: {missing}"
+
+
+@notebooks
+def test_running_every_cell_twice_in_one_kernel_works(path: Path) -> None:
+    first, second = execute(path, solved=False).passes
+    for index, cell in enumerate(first.cells):
+        if cell.cell_type == "code" and "serving on" in text_of(cell):
+            again = text_of(second.cells[index])
+            assert "serving on" in again, f"cell {index} did not start its server again: {again}"
+            assert "in use" not in again.lower() and "already serving" not in again
+    shown = "\n".join(text_of(cell) for cell in second.cells)
+    missing = [s for s in expect(path).outputs if s not in shown]
+    assert not missing, f"not in the outputs of the second run: {missing}"
+    assert _statuses(second) == _statuses(first)
+
+
+@notebooks
+@pytest.mark.parametrize("solved", [False, True], ids=["as-shipped", "solved"])
+def test_no_socket_is_left_after_the_kernel_shuts_down(path: Path, solved: bool) -> None:
+    run = execute(path, solved=solved)
+    assert len(set(run.sockets)) >= expect(path).min_sockets, run.sockets
+    assert not run.left_behind, f"sockets left after the kernel exited: {run.left_behind}"
