@@ -1,0 +1,1 @@
+"""crilab's benchmark sections; ``benchmarks/run.py`` runs them (``make bench``)."""
