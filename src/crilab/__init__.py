@@ -23,6 +23,8 @@ _LAZY = {
     "Client": "crilab.client",
     "explain": "crilab.explanations",
     "load_stubs": "crilab.stubs",
+    "Tap": "crilab.wiretap",
+    "sequence_diagram": "crilab.wiretap",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -36,6 +36,39 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run(listen=args.listen, preload=args.preload, quiet=args.quiet)
 
 
+def _cmd_tap(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .endpoints import EndpointError
+    from .wiretap import wiretap
+
+    try:
+        tap = wiretap(args.upstream, listen=args.listen, capacity=args.capacity)
+    except EndpointError as exc:
+        print(f"crilab tap: {exc}", file=sys.stderr)
+        return 2
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: done.set())
+    print(tap.endpoint, flush=True)
+    print(
+        f"crilab tap: {tap.endpoint} -> {tap.upstream.uri}; Ctrl-C stops and lists the calls",
+        file=sys.stderr,
+        flush=True,
+    )
+    while not done.wait(0.5):
+        pass
+    tap.stop()
+    for call in tap.calls:
+        took = "in flight" if call.duration is None else f"{call.duration * 1000:.2f} ms"
+        print(f"{call.path} {call.code or '(no status)'} {took}", file=sys.stderr)
+    if args.json:
+        args.json.write_text(tap.to_json(indent=1))
+        print(f"crilab tap: capture written to {args.json}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crilab",
@@ -80,6 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--quiet", action="store_true", help="print only the endpoint")
     serve.set_defaults(func=_cmd_serve)
+
+    tap = sub.add_parser(
+        "tap",
+        help="a wiretap proxy in front of a gRPC server: see the HTTP/2 frames of every call",
+        description="Forward a private unix socket to ENDPOINT, byte for byte, recording the "
+        "HTTP/2 frames; on Ctrl-C or SIGTERM, list the calls (and write the capture as JSON).",
+    )
+    tap.add_argument(
+        "upstream", metavar="ENDPOINT", help="the server: unix:///path.sock or tcp://HOST:PORT"
+    )
+    tap.add_argument(
+        "--listen",
+        metavar="ENDPOINT",
+        help="where clients connect (default: a private unix socket)",
+    )
+    tap.add_argument("--capacity", type=int, default=10_000, help="frames kept (default 10000)")
+    tap.add_argument("--json", type=Path, metavar="FILE", help="write the capture as JSON on exit")
+    tap.set_defaults(func=_cmd_tap)
     return parser
 
 
