@@ -41,11 +41,12 @@ def notebook() -> Iterator[dict[str, object]]:
 
 ANSWER = {"01.varint": "answer", "01.unavailable": "code", "02.stream": "replies"}
 ANSWER["02.bidi"] = "hello_requests"
+ANSWER["02.data-frame"] = "data_length"
 
 
 def test_the_notebooks_exercises_are_registered() -> None:
     assert exercise_ids("01") == ["01.unavailable", "01.varint"]
-    assert exercise_ids("02") == ["02.bidi", "02.stream"]
+    assert exercise_ids("02") == ["02.bidi", "02.data-frame", "02.stream"]
     assert set(ANSWER) <= set(exercise_ids())
 
 

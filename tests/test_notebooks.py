@@ -84,9 +84,57 @@ EXPECT: dict[str, Expect] = {
             "Hello, Grace!",  # the bidi conversation
             "Hello, Ada! (over TCP)",
             "EndpointError: cannot listen on tcp://127.0.0.1:",
+            ":path: /helloworld.Greeter/SayHello",  # the request HEADERS, through the wiretap
+            "00 00 00 00 05  gRPC's prefix: compressed=0, length=5",  # a DATA frame
+            "grpc-status: 3",  # the trailers of the failing call
         ),
-        min_exercises=2,
+        min_exercises=3,
         min_sockets=1,
+    ),
+    "03-cri-tour": Expect(
+        outputs=(
+            "RuntimeService | `Version` | VersionRequest → VersionResponse | unary",
+            "`GetContainerEvents` | GetEventsRequest → ContainerEventResponse | server streaming",
+            "RuntimeService | server streaming | 6",
+            "a socket: True | mode: 0o600",
+            "runtime_api_version | `v1`",
+            "first call: Version",
+            "all calls:  ['Version']",
+            "RuntimeReady | True",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "the same names: True",
+            "--image-endpoint unix://",  # the crictl line for the fake
+            "StatusCode.NOT_FOUND |",  # PodSandboxStatus of an unknown ID
+            "inspectp ffffffff",
+        ),
+        min_exercises=3,
+    ),
+    "04-pod-lifecycle": Expect(
+        outputs=(
+            "SANDBOX_READY",
+            "container | app | CONTAINER_CREATED",
+            "container | app | CONTAINER_RUNNING",
+            "exit code: 3",  # ExecSync: a failed command, an OK call
+            "stdout F hello from app",  # the CRI log format
+            "container | app | CONTAINER_EXITED | 137 (Error)",
+            "PullImage calls so far: 0",  # IfNotPresent
+            "RunPodSandbox → ImageStatus → ImageStatus → CreateContainer → StartContainer → "
+            "ExecSync → StopContainer → RemoveContainer → StopPodSandbox → RemovePodSandbox",
+            "SANDBOX_NOTREADY",
+            "CONTAINER_EXITED | exit code: 0 | reason: Completed",
+            'data-state="REMOVED" data-current="true"',
+            "StartContainer on a running container: FAILED_PRECONDITION",
+            "CreateContainer with a name already taken: ALREADY_EXISTS",
+            "CreateContainer with an image the node lacks: NOT_FOUND",
+            "ExecSync in a CREATED container: FAILED_PRECONDITION",
+            "ContainerStatus of a removed container: NOT_FOUND",
+            "RemoveContainer of a removed container: OK",
+            "container | sleeper | CONTAINER_EXITED | 137 (Error)",
+            "CreateContainer in a stopped pod: NOT_FOUND",
+            "LifecyclePanel(",
+            "CallLog(",
+        ),
+        min_exercises=3,
     ),
 }
 

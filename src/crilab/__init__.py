@@ -37,7 +37,12 @@ def load_stubs(name: str = "api") -> tuple[Any, Any]:
     return stubs.load(f"{name}_pb2"), stubs.load(f"{name}_pb2_grpc")
 
 
+_SUBMODULES = {"notebook", "widgets", "latency", "builders", "helloworld", "wiretap", "exercises"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # ``import crilab`` then ``crilab.notebook.lab()`` just works
+        return importlib.import_module(f"crilab.{name}")
     module = _LAZY.get(name)
     if module is None or name == "load_stubs":
         raise AttributeError(f"module 'crilab' has no attribute {name!r}")

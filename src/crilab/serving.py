@@ -9,10 +9,13 @@ and every server stopped (socket removed) when the interpreter or kernel exits.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures.thread
 import contextlib
+import ipaddress
 import os
 import shutil
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
@@ -47,6 +50,22 @@ def _stop_all_at_exit() -> None:
 
 
 atexit.register(_stop_all_at_exit)
+# Python joins the thread pools' workers (concurrent.futures registers that with
+# threading's own exit hooks) before it runs atexit; a stream left open, such as a
+# panel's GetContainerEvents, would keep a worker busy forever. Threading's exit hooks
+# run newest first, so registered after the pool's, ours stops every server first.
+concurrent.futures.thread  # noqa: B018 - imported for its exit hook, before ours
+threading._register_atexit(_stop_all_at_exit)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` reaches this machine only (``0.0.0.0`` and ``::`` reach every interface)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may well resolve to a public address
 
 
 class GrpcServer:
@@ -113,7 +132,17 @@ class GrpcServer:
                 f"cannot listen on {target.uri}{detail}; the port is taken or the host is not "
                 "an address of this machine. Use port 0 for a free port."
             )
-        return Endpoint("tcp", host=target.host, port=port)
+        bound = Endpoint("tcp", host=target.host, port=port)
+        if not _is_loopback(target.host):
+            warnings.warn(
+                f"{bound.uri} is reachable from the network, and this server has no "
+                "authentication and no TLS: anyone who can reach the port can call it (for "
+                "the fake runtime: create and run containers, read their logs). Listen on "
+                "tcp://127.0.0.1:0 or a unix socket unless other machines must connect.",
+                UserWarning,
+                stacklevel=4,  # _bind, GrpcServer(), FakeRuntime(): point at the caller's line
+            )
+        return bound
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the server has stopped (also at interpreter exit)."""

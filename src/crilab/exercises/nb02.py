@@ -1,4 +1,4 @@
-"""Exercises of notebook 02 (helloworld): reading a server stream, writing a request stream."""
+"""Exercises of notebook 02 (helloworld): a server stream, a request stream, a DATA frame."""
 
 from __future__ import annotations
 
@@ -180,4 +180,70 @@ def _bidi(hello_requests: object) -> Verdict:
         f"A private Greeter got your three requests and answered {replies}. The generator "
         "ran on a gRPC thread, pulled one request at a time, while the replies came back "
         "on the same HTTP/2 stream: both directions at once."
+    )
+
+
+# --- 02.data-frame: gRPC's 5-byte prefix in a DATA frame ---------------------------------------
+
+_PREFIX = 5  # gRPC's own: 1 byte "compressed" flag, 4 bytes big-endian length
+
+
+@exercise(
+    "02.data-frame",
+    title="The payload of a DATA frame",
+    hint=(
+        "A DATA frame's payload is gRPC's 5-byte prefix followed by the serialized message; "
+        'len(helloworld_pb2.HelloRequest(name="Grace").SerializeToString()) is the second part.'
+    ),
+    solution="""
+        grace = helloworld_pb2.HelloRequest(name="Grace")
+        data_length = 5 + len(grace.SerializeToString())  # gRPC's prefix, then the message
+    """,
+)
+def _data_frame(data_length: object) -> Verdict:
+    from ..stubs import helloworld_pb2
+
+    message = len(helloworld_pb2.HelloRequest(name="Grace").SerializeToString())  # 7
+    answer = _PREFIX + message
+    if isinstance(data_length, str) and data_length.strip().isdigit():
+        return wrong(f"{data_length!r} is text; the answer is a number of bytes, an int.")
+    if isinstance(data_length, bool) or not isinstance(data_length, int):
+        return wrong(
+            f"{data_length!r} is of type {type(data_length).__name__}; the answer is a "
+            "number of bytes, an int."
+        )
+    if data_length == answer:
+        return right(
+            f"{answer} bytes: 00 00 00 00 {message:02x}, then 0a 05 and the five letters of "
+            "Grace. The prefix's length field is 4 bytes, so a message could be up to 4 GiB, "
+            "but a gRPC receiver accepts 4 MiB by default (grpc.max_receive_message_length). "
+            "The kubelet raises its CRI client's limit to 16 MiB, for the long answers of "
+            "ListContainers on a node full of containers."
+        )
+    if data_length == message:
+        return wrong(
+            f"{message} bytes is the HelloRequest alone (0a 05 and the five letters). The "
+            "DATA frame also carries gRPC's 5-byte prefix in front of it."
+        )
+    if data_length == answer + 9:
+        return wrong(
+            f"{data_length} counts the 9-byte HTTP/2 frame header too. The bytes column is "
+            "the length field of that header: the payload only (10 for Ada, not 19)."
+        )
+    if data_length == 10:
+        return wrong("10 bytes is the DATA frame of Ada. Grace has two letters more.")
+    if data_length == answer - 1:
+        return wrong(
+            f"{data_length} is one short: a string field is its tag byte (0a), then its length "
+            "(05), then the letters. Both bytes come before the name, behind the 5-byte prefix."
+        )
+    if data_length == _PREFIX:
+        return wrong(
+            "5 bytes is the prefix alone (or the name alone); the frame carries the prefix "
+            "and the whole message behind it."
+        )
+    return wrong(
+        f"{data_length} bytes is not it. The payload is gRPC's 5-byte prefix (flag and "
+        "length) followed by the serialized HelloRequest: a tag byte, a length byte, then the "
+        "UTF-8 of the name."
     )

@@ -31,6 +31,10 @@ class PrefixIndex:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        pods = kind == "pod sandbox"
+        self._how_to_list = (
+            "ListPodSandbox, crictl pods" if pods else "ListContainers, crictl ps -a"
+        )
         self._ids: list[str] = []
 
     def add(self, ident: str) -> None:
@@ -67,8 +71,7 @@ class PrefixIndex:
         found = self.matching(prefix)
         if not found:
             raise NotFound(
-                f"{self.kind} {prefix!r} not found: list {self.kind}s to see the IDs "
-                f"({'crictl pods' if self.kind == 'pod sandbox' else 'crictl ps -a'})"
+                f"{self.kind} {prefix!r} not found: list them to see the IDs ({self._how_to_list})"
             )
         if len(found) > 1:
             raise InvalidArgument(
