@@ -136,6 +136,42 @@ EXPECT: dict[str, Expect] = {
         ),
         min_exercises=3,
     ),
+    "05-latency": Expect(
+        outputs=(
+            "the slowest call took",
+            "label | n | errors | p50_ms | p99_ms | calls_per_s | ratio_p50",
+            "Version + 5 ms | 100 | 0 |",
+            "UNAVAILABLE",
+            "of 200 calls",
+            "StatusCode.DEADLINE_EXCEEDED after",
+            "recorded DEADLINE_EXCEEDED",
+            "a reply that nobody read: crilab-fake",
+            "errors: {'DEADLINE_EXCEEDED'",
+            "16 caller(s) | 300 |",
+            "by Little's law",
+            "serving on tcp://127.0.0.1:",
+            "TCP 127.0.0.1, run 3",
+        ),
+        min_exercises=3,
+    ),
+    "06-mini-kubelet": Expect(
+        outputs=(
+            "did:   ran pod web; started web/app attempt 0",
+            "calls: ListPodSandbox → RunPodSandbox → ListContainers → ImageStatus → "
+            "CreateContainer → StartContainer",
+            "did:   nothing, the node already matches",
+            "web | app | 0 | CONTAINER_EXITED | 137 (Error)",
+            "attempt 0 exited with 1 (Error)",
+            "did:   started job/task attempt 2",
+            "job | task | 1 | CONTAINER_EXITED | 1 (Error)",
+            "did:   removed pod web",
+            "ListContainers calls saw",
+            "CONTAINER_STOPPED_EVENT",
+            "ended CANCELLED",
+            "GetContainerEvents | 1 |",
+        ),
+        min_exercises=2,
+    ),
 }
 
 _SOCKET = re.compile(r"unix://(/[^\s'\"<>()]+)")

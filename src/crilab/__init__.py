@@ -23,6 +23,7 @@ _LAZY = {
     "Client": "crilab.client",
     "explain": "crilab.explanations",
     "load_stubs": "crilab.stubs",
+    "Lognormal": "crilab.runtime.instrument",
     "Tap": "crilab.wiretap",
     "sequence_diagram": "crilab.wiretap",
 }
