@@ -106,6 +106,8 @@ EXPECT: dict[str, Expect] = {
             "--image-endpoint unix://",  # the crictl line for the fake
             "StatusCode.NOT_FOUND |",  # PodSandboxStatus of an unknown ID
             "inspectp ffffffff",
+            "`:path /runtime.v1.RuntimeService/Version`",  # the handshake, through the wiretap
+            "runtime.v1.VersionRequest `{'version': 'v1'}`",
         ),
         min_exercises=3,
     ),
