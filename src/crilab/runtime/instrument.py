@@ -19,8 +19,21 @@ from typing import Any
 
 import grpc
 
-#: Responses larger than this are not kept in the history (their size is).
+#: Requests and responses larger than this are not kept in the history (their size is):
+#: the history holds ``history`` calls, so it stays bounded however big the messages are.
 KEEP_RESPONSE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A request whose bytes are not the message its method takes (what the history keeps)."""
+
+    message_type: str
+    size: int
+    error: str
+
+    def __str__(self) -> str:
+        return f"<malformed {self.message_type}: {self.size} bytes>"
 
 
 @dataclass(frozen=True)
@@ -209,7 +222,9 @@ class Instrument(grpc.ServerInterceptor):
         except KeyError:
             pass
         handler = continuation(handler_call_details)
-        wrapped = self._wrap(full, handler) if handler is not None else None
+        if handler is None:
+            return None  # an unknown method (UNIMPLEMENTED): never cached, any path can come
+        wrapped = self._wrap(full, handler)
         self._handlers[full] = wrapped
         return wrapped
 
@@ -227,9 +242,12 @@ class Instrument(grpc.ServerInterceptor):
             behavior = getattr(handler, attr)
             if behavior is not None:
                 wrapped = (self._streaming if streams else self._unary)(service, method, behavior)
+                deserializer = handler.request_deserializer
+                if attr.startswith("unary_") and deserializer is not None:
+                    deserializer = _tolerant(deserializer)
                 return make(
                     wrapped,
-                    request_deserializer=handler.request_deserializer,
+                    request_deserializer=deserializer,
                     response_serializer=handler.response_serializer,
                 )
         return handler
@@ -240,7 +258,7 @@ class Instrument(grpc.ServerInterceptor):
             delay, error = self._take_faults(method)
             response, failed = None, True
             try:
-                self._apply(delay, error, context)
+                self._apply(delay, error, context, request)
                 response = behavior(request, context)
                 failed = False
                 return response
@@ -265,7 +283,7 @@ class Instrument(grpc.ServerInterceptor):
             delay, error = self._take_faults(method)
             sent, failed = 0, True
             try:
-                self._apply(delay, error, context)
+                self._apply(delay, error, context, request)
                 for message in behavior(request, context):
                     sent += 1
                     yield message
@@ -286,7 +304,17 @@ class Instrument(grpc.ServerInterceptor):
         return call
 
     @staticmethod
-    def _apply(delay: float, error: _Fault | None, context) -> None:
+    def _apply(delay: float, error: _Fault | None, context, request: Any = None) -> None:
+        if isinstance(request, Malformed):
+            # grpc itself would answer INTERNAL ("Exception deserializing request!"): but
+            # bytes that do not decode are the caller's mistake, not a server bug.
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {request.message_type} message "
+                f"({request.size} bytes; protobuf could not decode it: {request.error}). "
+                f"Send a serialized {request.message_type.rpartition('.')[2]}, e.g. "
+                "through the generated stub",
+            )
         if delay:
             time.sleep(delay)  # outside every lock
         if error is not None:
@@ -306,8 +334,7 @@ class Instrument(grpc.ServerInterceptor):
         details = context.details() or ""
         if isinstance(details, bytes):  # grpcio's server context keeps them encoded
             details = details.decode("utf-8", errors="replace")
-        if hasattr(response, "ByteSize") and response.ByteSize() > KEEP_RESPONSE_BYTES:
-            response = f"<{type(response).__name__}: {response.ByteSize()} bytes, not kept>"
+        request, response = _keepable(request), _keepable(response)
         self._record(
             Call(
                 method,
@@ -322,6 +349,30 @@ class Instrument(grpc.ServerInterceptor):
                 injected,
             )
         )
+
+
+def _keepable(message: Any) -> Any:
+    """The message itself, or a short note of its size when it is too big to keep."""
+    if hasattr(message, "ByteSize"):
+        size = message.ByteSize()
+        if size > KEEP_RESPONSE_BYTES:
+            return f"<{type(message).__name__}: {size} bytes, not kept>"
+    return message
+
+
+def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A request deserializer that returns ``Malformed`` instead of raising."""
+    owner = getattr(deserialize, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    message_type = getattr(descriptor, "full_name", None) or "request"
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:
+            return Malformed(message_type, len(data), f"{type(exc).__name__}: {exc}")
+
+    return decode
 
 
 def _note(delay: float, error: _Fault | None) -> str:

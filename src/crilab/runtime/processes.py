@@ -44,7 +44,9 @@ Stream = Literal["stdout", "stderr"]
 BUSY_COMMANDS = 1000  # simple commands the shell runs per CPU slice ...
 BUSY_SLICE = 0.1  # ... and the simulated time that slice takes: a busy loop still lets time pass
 MAX_EXEC_SECONDS = 60.0  # how long ExecSync without a timeout waits before giving up
-MAX_EXEC_OUTPUT = 16 * 1024 * 1024  # ExecSync output cap (stdout + stderr)
+# ExecSync output cap (stdout + stderr): the reply, with the truncation note and protobuf
+# framing, must still fit the 16 MiB message limit, or grpc refuses to send any of it
+MAX_EXEC_OUTPUT = 16 * 1024 * 1024 - 64 * 1024
 MAX_WORD = 1024 * 1024  # longest word or variable value: stops X=$X$X doubling forever
 MAX_FILE_BYTES = 1024 * 1024  # largest simulated file a redirection may grow
 MAX_NESTING = 32  # nested loops/ifs in one script, and nested shells

@@ -10,26 +10,54 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
+from ..serving import MAX_MESSAGE_BYTES
 from ..stubs import api_pb2, api_pb2_grpc
 from . import stats
-from .errors import CRIError, Unimplemented
+from .errors import CRIError, ResourceExhausted, Unimplemented
 from .state import RuntimeState
 
 log = logging.getLogger(__name__)
 
-#: How many items one message of a Stream* RPC carries: small enough that a
-#: chunk of big containers stays far below the 16 MiB message limit.
+#: How many items one message of a Stream* RPC carries at most ...
 STREAM_CHUNK = 1000
+#: ... and how many bytes: a chunk of big containers (many labels) stays far below
+#: the 16 MiB message limit, which a count alone cannot promise.
+STREAM_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+#: Longest status message sent, in UTF-8 bytes. The message travels in a trailer, where
+#: grpc percent-encodes non-ASCII (up to 3x) and clients refuse trailers past 8-16 KiB:
+#: an error echoing a 1 MiB ID would reach the client as RESOURCE_EXHAUSTED, not NOT_FOUND.
+MAX_DETAILS_BYTES = 2048
+
+
+def _bounded(message: str) -> str:
+    """``message``, its middle cut out when it is too long (the advice is at the end)."""
+    data = message.encode("utf-8", errors="replace")
+    if len(data) <= MAX_DETAILS_BYTES:
+        return message
+    head = data[:1400].decode("utf-8", errors="ignore")
+    tail = data[-500:].decode("utf-8", errors="ignore")
+    return f"{head} …[{len(data) - 1900} bytes cut]… {tail}"
 
 
 def _abort_with(context: grpc.ServicerContext, error: CRIError) -> None:
-    context.abort(getattr(grpc.StatusCode, error.code), error.message)
+    context.abort(getattr(grpc.StatusCode, error.code), _bounded(error.message))
+
+
+def _abandoned(context: grpc.ServicerContext) -> threading.Event:
+    """An event set when the call ends early: the caller cancelled or its deadline passed."""
+    gone = threading.Event()
+    if not context.add_callback(gone.set):  # False: the call has ended already
+        gone.set()
+    return gone
 
 
 def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -41,7 +69,9 @@ def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
         log.exception("bug in crilab's fake runtime while serving %s", method.__name__)
         context.abort(
             grpc.StatusCode.INTERNAL,
-            f"bug in crilab's fake runtime ({type(exc).__name__}: {exc}); please report it",
+            _bounded(
+                f"bug in crilab's fake runtime ({type(exc).__name__}: {exc}); please report it"
+            ),
         )
 
     if inspect.isgeneratorfunction(method):
@@ -72,9 +102,35 @@ def _translate_all(cls: type) -> type:
     return cls
 
 
-def _chunks(items: list[Any], size: int = STREAM_CHUNK) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _chunks(
+    items: list[Any], size: int = STREAM_CHUNK, max_bytes: int = STREAM_CHUNK_BYTES
+) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    used = 0
+    for item in items:
+        cost = item.ByteSize() + 6  # + the field's tag and length prefix
+        if chunk and (len(chunk) >= size or used + cost > max_bytes):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(item)
+        used += cost
+    if chunk:
+        yield chunk
+
+
+def _fitting(response: Any, method: str, stream: str, filters: str = "") -> Any:
+    """``response``, unless it is over the message limit: then a RESOURCE_EXHAUSTED that
+    says what to do (grpc's own error only says "Sent message larger than max")."""
+    size = response.ByteSize()  # computed in C: cheap next to sending the bytes
+    if size > MAX_MESSAGE_BYTES:
+        raise ResourceExhausted(
+            f"the {method} answer would be {size} bytes, over the {MAX_MESSAGE_BYTES} byte "
+            f"(16 MiB) gRPC message limit that the kubelet and this runtime use. "
+            + (f"Ask for less with a filter ({filters}), or call " if filters else "Call ")
+            + f"{stream}, which sends the same list in chunks of messages that each stay "
+            "under the limit"
+        )
+    return response
 
 
 def _unimplemented(what: str) -> Unimplemented:
@@ -134,7 +190,12 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
 
     def ListPodSandbox(self, request, context):
         flt = request.filter if request.HasField("filter") else None
-        return api_pb2.ListPodSandboxResponse(items=self.state.list_pod_sandbox(flt))
+        return _fitting(
+            api_pb2.ListPodSandboxResponse(items=self.state.list_pod_sandbox(flt)),
+            "ListPodSandbox",
+            "StreamPodSandboxes",
+            "id, state, label_selector",
+        )
 
     def StreamPodSandboxes(self, request, context):
         flt = request.filter if request.HasField("filter") else None
@@ -156,7 +217,9 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
         return api_pb2.StartContainerResponse()
 
     def StopContainer(self, request, context):
-        self.state.stop_container(request.container_id, request.timeout)
+        self.state.stop_container(
+            request.container_id, request.timeout, abandoned=_abandoned(context)
+        )
         return api_pb2.StopContainerResponse()
 
     def RemoveContainer(self, request, context):
@@ -165,7 +228,12 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
 
     def ListContainers(self, request, context):
         flt = request.filter if request.HasField("filter") else None
-        return api_pb2.ListContainersResponse(containers=self.state.list_containers(flt))
+        return _fitting(
+            api_pb2.ListContainersResponse(containers=self.state.list_containers(flt)),
+            "ListContainers",
+            "StreamContainers",
+            "id, pod_sandbox_id, state, label_selector",
+        )
 
     def StreamContainers(self, request, context):
         flt = request.filter if request.HasField("filter") else None
@@ -185,7 +253,9 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
         return api_pb2.ReopenContainerLogResponse()
 
     def ExecSync(self, request, context):
-        return self.state.exec_sync(request.container_id, list(request.cmd), request.timeout)
+        return self.state.exec_sync(
+            request.container_id, list(request.cmd), request.timeout, abandoned=_abandoned(context)
+        )
 
     def Exec(self, request, context):
         self._check_running(request.container_id)
@@ -245,7 +315,12 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
 
     def ListContainerStats(self, request, context):
         flt = request.filter if request.HasField("filter") else None
-        return api_pb2.ListContainerStatsResponse(stats=stats.list_container_stats(self.state, flt))
+        return _fitting(
+            api_pb2.ListContainerStatsResponse(stats=stats.list_container_stats(self.state, flt)),
+            "ListContainerStats",
+            "StreamContainerStats",
+            "id, pod_sandbox_id, label_selector",
+        )
 
     def StreamContainerStats(self, request, context):
         flt = request.filter if request.HasField("filter") else None
@@ -259,7 +334,12 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
 
     def ListPodSandboxStats(self, request, context):
         flt = request.filter if request.HasField("filter") else None
-        return api_pb2.ListPodSandboxStatsResponse(stats=stats.list_pod_stats(self.state, flt))
+        return _fitting(
+            api_pb2.ListPodSandboxStatsResponse(stats=stats.list_pod_stats(self.state, flt)),
+            "ListPodSandboxStats",
+            "StreamPodSandboxStats",
+            "id, label_selector",
+        )
 
     def StreamPodSandboxStats(self, request, context):
         flt = request.filter if request.HasField("filter") else None
@@ -270,7 +350,11 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
         return api_pb2.ListMetricDescriptorsResponse(descriptors=stats.metric_descriptors())
 
     def ListPodSandboxMetrics(self, request, context):
-        return api_pb2.ListPodSandboxMetricsResponse(pod_metrics=stats.pod_metrics(self.state))
+        return _fitting(
+            api_pb2.ListPodSandboxMetricsResponse(pod_metrics=stats.pod_metrics(self.state)),
+            "ListPodSandboxMetrics",
+            "StreamPodSandboxMetrics",
+        )
 
     def StreamPodSandboxMetrics(self, request, context):
         for chunk in _chunks(stats.pod_metrics(self.state)):
@@ -286,7 +370,12 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
 
     def ListImages(self, request, context):
         ref = request.filter.image.image if request.HasField("filter") else ""
-        return api_pb2.ListImagesResponse(images=self.state.list_images(ref))
+        return _fitting(
+            api_pb2.ListImagesResponse(images=self.state.list_images(ref)),
+            "ListImages",
+            "StreamImages",
+            "image",
+        )
 
     def StreamImages(self, request, context):
         ref = request.filter.image.image if request.HasField("filter") else ""

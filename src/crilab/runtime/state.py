@@ -30,7 +30,7 @@ from typing import Any
 
 from ..stubs import api_pb2
 from . import processes
-from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from .errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from .events import EventHub
 from .ids import IdFactory, PrefixIndex
 from .registry import ImageRecord, Registry, normalize
@@ -301,10 +301,7 @@ class RuntimeState:
             raise InvalidArgument("config.metadata is required: set name, namespace and uid")
         md = config.metadata
         _require(md.name, "config.metadata.name")
-        if config.log_directory and not os.path.isabs(config.log_directory):
-            raise InvalidArgument(
-                f"config.log_directory {config.log_directory!r} must be an absolute path"
-            )
+        _check_log_directory(config.log_directory)
         key = (md.name, md.namespace, md.uid, md.attempt)
         with self._lock:
             holder = self._pod_names.get(key)
@@ -506,7 +503,20 @@ class RuntimeState:
             self._ctr_index.add(cid, CREATED, config.labels)
             self._ctr_names[key] = cid
             event = self._event_locked(ctr, api_pb2.CONTAINER_CREATED_EVENT)
-        ctr.log = processes.CRILogWriter(log_path)  # I/O outside the lock
+        try:
+            ctr.log = processes.CRILogWriter(log_path)  # I/O outside the lock
+        except (OSError, ValueError) as exc:  # too long a name, no permission, a NUL...
+            with self._lock:  # never announced (no event sent): take it back quietly
+                if self.containers.get(cid) is ctr:
+                    if ctr.item.state == RUNNING:
+                        self._exit_locked(ctr, EXIT_KILLED)
+                    self._remove_container_locked(ctr)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise InvalidArgument(
+                f"cannot create the container's log file {log_path!r}: {reason}. Its path is "
+                "the pod's log_directory joined with config.log_path (default "
+                "NAME/ATTEMPT.log from config.metadata): choose a shorter or writable one"
+            ) from None
         # The file exists at once (crictl logs works), but only a RUNNING container holds
         # it open: thousands of created or exited containers must not exhaust descriptors.
         ctr.log.close()
@@ -517,10 +527,16 @@ class RuntimeState:
         directory = pod.config.log_directory or str(self.root / "logs" / pod.id)
         name = config.log_path or f"{config.metadata.name}/{config.metadata.attempt}.log"
         path = os.path.normpath(os.path.join(directory, name))
-        if not path.startswith(os.path.normpath(directory) + os.sep):
+        # join(..., "") ends the directory with one separator, also for "/"
+        if not path.startswith(os.path.join(os.path.normpath(directory), "")):
+            what = (
+                f"config.log_path {config.log_path!r}"
+                if config.log_path
+                else f"config.metadata.name {config.metadata.name!r} (the default log_path "
+                "is NAME/ATTEMPT.log)"
+            )
             raise InvalidArgument(
-                f"config.log_path {config.log_path!r} leaves the pod's log_directory; use a "
-                "relative path such as 'name/0.log'"
+                f"{what} leaves the pod's log_directory; use a relative path such as 'name/0.log'"
             )
         return path
 
@@ -626,7 +642,14 @@ class RuntimeState:
         ctr.item.state = new
         ctr.status.state = new
 
-    def stop_container(self, container_id: str, timeout: int = 0) -> None:
+    def stop_container(
+        self, container_id: str, timeout: int = 0, *, abandoned: threading.Event | None = None
+    ) -> None:
+        """Stop with a grace period of ``timeout`` seconds (<= 0: SIGKILL at once).
+
+        ``abandoned`` is set when the caller gives up (cancelled, deadline passed): the wait
+        for the grace period ends there and the container keeps running, as in containerd.
+        """
         with self._lock:
             ctr = self._container(container_id)
             if ctr.item.state != RUNNING or ctr.run is None:
@@ -649,8 +672,8 @@ class RuntimeState:
             return
         # PID 1 of its own PID namespace gets no default signal actions, so a shell or
         # sleep ignores SIGTERM: wait out the grace period, then SIGKILL.
-        if timeout > 0:
-            run.exited.wait(timeout)
+        if timeout > 0 and not _wait(run.exited, timeout, abandoned):
+            return  # the caller gave up before the grace period ended
         with self._lock:
             if ctr.run is run and ctr.item.state == RUNNING:
                 event = self._exit_locked(ctr, EXIT_KILLED)
@@ -728,8 +751,18 @@ class RuntimeState:
         return sorted((self.containers[i] for i in ids), key=lambda c: c.seq)
 
     def exec_sync(
-        self, container_id: str, cmd: list[str], timeout: int = 0
+        self,
+        container_id: str,
+        cmd: list[str],
+        timeout: int = 0,
+        *,
+        abandoned: threading.Event | None = None,
     ) -> api_pb2.ExecSyncResponse:
+        """Run ``cmd`` in the container until it exits or ``timeout`` seconds pass.
+
+        ``abandoned`` is set when the caller gives up: the command stops there, so a
+        caller that went away never keeps a server thread sleeping.
+        """
         _require(cmd, "cmd")
         with self._lock:
             ctr = self._container(container_id)
@@ -740,11 +773,29 @@ class RuntimeState:
                 )
             ctx = self._context(ctr, self.pods[ctr.pod_id])
         result = processes.run_sync(
-            processes.spawn(list(cmd), ctx), timeout or None, sleep=self._sleep
+            processes.spawn(list(cmd), ctx), timeout or None, sleep=self._sleeper(abandoned)
         )
         return api_pb2.ExecSyncResponse(
             stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code
         )
+
+    def _sleeper(self, abandoned: threading.Event | None) -> Callable[[float], None]:
+        """``self._sleep``, cut short (DeadlineExceeded) once ``abandoned`` is set."""
+        if abandoned is None:
+            return self._sleep
+
+        def sleep(seconds: float) -> None:
+            if self._sleep is time.sleep:
+                abandoned.wait(seconds)
+            else:  # an injected clock (tests): sleep with it, then look
+                self._sleep(seconds)
+            if abandoned.is_set():
+                raise DeadlineExceeded(
+                    "the caller gave up (cancelled, or its deadline passed), so crilab "
+                    "stopped the command"
+                )
+
+        return sleep
 
     def update_pod_sandbox_resources(self, pod_id: str) -> None:
         """Accepted and checked; the fake has no cgroups to resize."""
@@ -806,9 +857,9 @@ class RuntimeState:
     def _find_image(self, ref: str) -> ImageRecord | None:
         if ref in self.images:
             return self.images[ref]
-        if ref.startswith("sha256:") or (
+        if (ref.startswith("sha256:") and len(ref) > len("sha256:")) or (
             len(ref) >= 12 and all(c in "0123456789abcdef" for c in ref)
-        ):
+        ):  # an ID or a prefix of one; "sha256:" alone would be a prefix of every ID
             full = ref if ref.startswith("sha256:") else f"sha256:{ref}"
             matches = [i for i in self.images if i.startswith(full)]
             if len(matches) == 1:
@@ -869,6 +920,38 @@ class RuntimeState:
         """Hold the state lock (for consistent multi-step reads in tests)."""
         with self._lock:
             yield self
+
+
+def _check_log_directory(directory: str) -> None:
+    """An absolute, plain path: container logs are written below it."""
+    if not directory:
+        return
+    if "\x00" in directory:
+        raise InvalidArgument("config.log_directory contains a NUL character: no path can")
+    if not os.path.isabs(directory):
+        raise InvalidArgument(f"config.log_directory {directory!r} must be an absolute path")
+    if ".." in directory.split("/"):
+        raise InvalidArgument(
+            f"config.log_directory {directory!r} must not contain '..': container logs are "
+            "written below it, so it must say plainly where (e.g. /var/log/pods/NS_NAME_UID)"
+        )
+
+
+def _wait(event: threading.Event, seconds: float, abandoned: threading.Event | None) -> bool:
+    """Wait up to ``seconds`` for ``event``; False if ``abandoned`` was set first.
+
+    Waits in slices: one wait cannot watch two events, and a huge ``seconds``
+    (StopContainer's timeout is an int64) would overflow ``Event.wait``.
+    """
+    end = time.monotonic() + seconds
+    while not event.is_set():
+        if abandoned is not None and abandoned.is_set():
+            return False
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        event.wait(min(left, 0.25))
+    return True
 
 
 def _pod_name(md: api_pb2.PodSandboxMetadata) -> str:

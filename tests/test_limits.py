@@ -1,0 +1,316 @@
+"""Limits: nothing a client sends or makes the runtime keep grows without bound.
+
+Messages past 16 MiB are refused both ways with RESOURCE_EXHAUSTED (an oversize
+answer with advice on what to do instead), the Stream* calls deliver any list in
+chunks under the limit, and the call history, the event queues and the container
+logs all stay bounded however long the runtime runs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from crilab import FakeRuntime
+from crilab.builders import container_config, pod_config
+from crilab.client import CHANNEL_OPTIONS
+from crilab.runtime import instrument, processes
+from crilab.runtime.events import DEFAULT_QUEUE
+from crilab.serving import MAX_MESSAGE_BYTES
+from crilab.stubs import api_pb2 as pb
+from crilab.stubs import api_pb2_grpc
+
+BUSYBOX = "localhost/crilab/busybox:local"
+C = grpc.StatusCode
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _temp_files_stay_in_pytest_tmp(tmp_path_factory) -> Iterator[None]:
+    """The runtime's own files (socket, state root) and the builders' default log
+    directory go below pytest's tmp, never into the system temp dir."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tmp")))
+        yield
+
+
+@pytest.fixture
+def rt() -> Iterator[FakeRuntime]:
+    with FakeRuntime(images=[BUSYBOX], seed="limits") as runtime:
+        yield runtime
+
+
+class Stubs:
+    """Stubs over a channel that can send more than 16 MiB (to see the server refuse it)
+    and receives up to 16 MiB, as the kubelet does."""
+
+    def __init__(self, rt: FakeRuntime) -> None:
+        self.channel = grpc.insecure_channel(
+            rt.endpoint.replace("unix://", "unix:", 1),
+            # the first occurrence of an option wins: lift the client's own send limit
+            options=[("grpc.max_send_message_length", 64 * 1024 * 1024), *CHANNEL_OPTIONS],
+        )
+        self.rs = api_pb2_grpc.RuntimeServiceStub(self.channel)
+
+    def version_works(self) -> bool:
+        return self.rs.Version(pb.VersionRequest(), timeout=5).runtime_api_version == "v1"
+
+
+@pytest.fixture
+def s(rt: FakeRuntime) -> Iterator[Stubs]:
+    stubs = Stubs(rt)
+    yield stubs
+    stubs.channel.close()
+
+
+# -- messages past 16 MiB ---------------------------------------------------------------
+
+
+def test_a_request_over_16_mib_is_refused_and_the_server_keeps_serving(s: Stubs) -> None:
+    just_under = pb.VersionRequest(version="x" * (MAX_MESSAGE_BYTES - 100))
+    assert just_under.ByteSize() < MAX_MESSAGE_BYTES
+    assert s.rs.Version(just_under, timeout=30).runtime_name == "crilab-fake"
+
+    with pytest.raises(grpc.RpcError) as caught:
+        s.rs.Version(pb.VersionRequest(version="x" * (MAX_MESSAGE_BYTES + 1)), timeout=30)
+    assert caught.value.code() == C.RESOURCE_EXHAUSTED
+    assert "larger than max" in caught.value.details()  # grpc's own check, on the server
+    assert s.version_works()
+
+
+def _fill(rt: FakeRuntime, tmp_path: Path, count: int, per_container: int) -> tuple[str, str]:
+    """``count`` containers of about ``per_container`` bytes each in one pod (made through
+    ``rt.state``: quicker than RPCs), and one small container in another pod."""
+    state = rt.state
+    logs = str(tmp_path / "logs")
+    big = state.run_pod_sandbox(pod_config("big", log_directory=logs))
+    small = state.run_pod_sandbox(pod_config("small", log_directory=logs))
+    value = "v" * (per_container // 8)
+    annotations = {f"note-{i}": value for i in range(8)}
+    for i in range(count):
+        cfg = container_config(f"c{i}", BUSYBOX, ["sleep", "infinity"], annotations=annotations)
+        state.create_container(big, cfg)
+    state.create_container(small, container_config("one", BUSYBOX, ["sleep", "infinity"]))
+    return big, small
+
+
+def test_an_answer_over_16_mib_says_what_to_do_and_streaming_delivers_it(
+    rt: FakeRuntime, s: Stubs, tmp_path: Path
+) -> None:
+    # 20 KB a container: 1000 of them (one old-style Stream chunk) already pass 16 MiB
+    count = 1000
+    _, small = _fill(rt, tmp_path, count, per_container=20_000)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        s.rs.ListContainers(pb.ListContainersRequest(), timeout=30)
+    err = caught.value
+    assert err.code() == C.RESOURCE_EXHAUSTED
+    assert "StreamContainers" in err.details() and "filter" in err.details()
+    assert "16 MiB" in err.details()
+    # the runtime's stats of the same containers carry their annotations too
+    with pytest.raises(grpc.RpcError) as caught:
+        s.rs.ListContainerStats(pb.ListContainerStatsRequest(), timeout=30)
+    assert caught.value.code() == C.RESOURCE_EXHAUSTED
+    assert "StreamContainerStats" in caught.value.details()
+
+    # what the message advises works: a filter ...
+    only = s.rs.ListContainers(
+        pb.ListContainersRequest(filter=pb.ContainerFilter(pod_sandbox_id=small)), timeout=30
+    )
+    assert len(only.containers) == 1
+    # ... or the stream, in chunks that each fit
+    seen: list[str] = []
+    for message in s.rs.StreamContainers(pb.StreamContainersRequest(), timeout=60):
+        assert message.ByteSize() < MAX_MESSAGE_BYTES
+        seen.extend(c.id for c in message.containers)
+    assert len(seen) == len(set(seen)) == count + 1
+    assert set(seen) == set(rt.state.containers)
+    stats = sum(
+        len(m.container_stats)
+        for m in s.rs.StreamContainerStats(pb.StreamContainerStatsRequest(), timeout=60)
+    )
+    assert stats == count + 1
+    assert s.version_works()
+    codes = {c.method: c.code for c in rt.calls}
+    assert codes["ListContainers"] == "OK"  # the filtered one, after the refused one
+    assert codes["StreamContainers"] == "OK"
+
+
+def test_exec_output_past_the_cap_still_fits_one_message(
+    rt: FakeRuntime, s: Stubs, tmp_path: Path
+) -> None:
+    """ExecSync keeps at most MAX_EXEC_OUTPUT bytes of output and says so: that reply, note
+    and framing included, must fit the 16 MiB limit, or grpc would refuse all of it."""
+    pod = rt.state.run_pod_sandbox(pod_config("x", log_directory=str(tmp_path / "logs")))
+    cid = rt.state.create_container(pod, container_config("c", BUSYBOX, ["sleep", "infinity"]))
+    rt.state.start_container(cid)
+    flood = ["sh", "-c", f"L={'z' * 16_000}; while true; do echo $L; done"]
+    reply = s.rs.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=flood, timeout=10), timeout=30)
+    assert reply.exit_code == 137
+    assert len(reply.stdout) == processes.MAX_EXEC_OUTPUT
+    assert b"truncated" in reply.stderr
+    assert reply.ByteSize() <= MAX_MESSAGE_BYTES
+
+
+# -- what the runtime keeps ---------------------------------------------------------------
+
+
+def test_the_call_history_is_bounded_in_calls_and_bytes(tmp_path: Path) -> None:
+    with FakeRuntime(history=50) as rt:
+        stubs = Stubs(rt)
+        huge = pb.VersionRequest(version="x" * (1024 * 1024))
+        for _ in range(120):
+            stubs.rs.Version(huge, timeout=10)
+        calls = rt.calls
+        assert len(calls) == 50  # the oldest are forgotten
+        kept = 0
+        for call in calls:
+            if isinstance(call.request, str):  # too big to keep: only its size is
+                assert "bytes, not kept" in call.request
+            else:
+                kept += call.request.ByteSize()
+            if not isinstance(call.response, str):
+                kept += call.response.ByteSize()
+        assert kept <= 50 * 2 * instrument.KEEP_RESPONSE_BYTES
+        assert all(c.method == "Version" and c.ok for c in calls)
+        stubs.channel.close()
+
+
+def test_event_queues_are_bounded_and_count_what_they_drop(rt: FakeRuntime, tmp_path: Path) -> None:
+    state = rt.state
+    stalled = state.events.subscribe()  # a subscriber that never reads
+    # and a gRPC watcher that never reads either: neither may slow the runtime down
+    stubs = Stubs(rt)
+    watch = stubs.rs.GetContainerEvents(pb.GetEventsRequest())
+    assert _wait(lambda: state.events.subscribers == 2)
+    pod = state.run_pod_sandbox(pod_config("ev", log_directory=str(tmp_path / "logs")))
+    t0 = time.monotonic()
+    events = 0
+    for i in range(700):  # created + deleted: 1400 events, past the 1024 of a queue
+        cid = state.create_container(pod, container_config(f"c{i}", BUSYBOX, ["true"]))
+        state.remove_container(cid)
+        events += 2
+    assert time.monotonic() - t0 < 30
+    assert len(stalled._items) == DEFAULT_QUEUE
+    assert stalled.dropped == events - DEFAULT_QUEUE
+    # the queue keeps the newest: the last event is the last container's removal
+    assert stalled._items[-1].container_event_type == pb.CONTAINER_DELETED_EVENT
+    stalled.close()
+    watch.cancel()
+    assert _wait(lambda: state.events.subscribers == 0)
+    stubs.channel.close()
+
+
+def _wait(predicate, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_chatty_containers_log_is_rotated_and_stays_bounded(
+    rt: FakeRuntime, s: Stubs, tmp_path: Path
+) -> None:
+    """A container that prints as fast as it can: its log rotates at the kubelet's default
+    10 MiB, keeping one rotated file, so it never holds more than twice that."""
+    bound = processes.DEFAULT_LOG_MAX_BYTES
+    logs = tmp_path / "logs"
+    pod = s.rs.RunPodSandbox(
+        pb.RunPodSandboxRequest(config=pod_config("chatty", log_directory=str(logs))), timeout=10
+    ).pod_sandbox_id
+    line = "y" * 16_000  # just under the 16 KiB CRI log line, so one F record per echo
+    cfg = container_config("spam", BUSYBOX, ["sh", "-c", f"L={line}; while true; do echo $L; done"])
+    cid = s.rs.CreateContainer(
+        pb.CreateContainerRequest(pod_sandbox_id=pod, config=cfg), timeout=10
+    ).container_id
+    s.rs.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=10)
+    path = Path(
+        s.rs.ContainerStatus(
+            pb.ContainerStatusRequest(container_id=cid), timeout=10
+        ).status.log_path
+    )
+    rotated = Path(f"{path}.1")
+    rotations, last_rotated, peak = 0, None, 0
+    deadline = time.monotonic() + 60
+    while rotations < 3 and time.monotonic() < deadline:
+        files = {p.name for p in path.parent.iterdir()}
+        assert files and files <= {path.name, rotated.name}, files  # never a 0.log.2
+        sizes = [p.stat().st_size for p in (path, rotated) if p.exists()]
+        peak = max(peak, sum(sizes))
+        assert all(size <= bound for size in sizes), sizes
+        if rotated.exists():
+            stamp = (rotated.stat().st_ino, rotated.stat().st_mtime_ns)
+            if stamp != last_rotated:
+                rotations, last_rotated = rotations + 1, stamp
+        time.sleep(0.02)
+    s.rs.StopContainer(pb.StopContainerRequest(container_id=cid), timeout=10)
+    assert rotations >= 3, "the chatty container did not write 30 MiB within a minute"
+    total = path.stat().st_size + rotated.stat().st_size
+    assert peak <= 2 * bound and total <= 2 * bound
+    assert rotated.stat().st_size > bound - 2 * len(line)  # rotated when (nearly) full
+    # the records stay whole across the rotation: every line parses
+    with open(rotated, "rb") as handle:
+        head = handle.read(256 * 1024)
+    records = processes.parse_cri_log(head[: head.rfind(b"\n") + 1])
+    assert records and all(tag == "F" and text == line for _, _, tag, text in records)
+    assert s.version_works()
+
+
+def test_stop_and_exec_give_up_with_their_caller(rt: FakeRuntime, s: Stubs, tmp_path) -> None:
+    """A grace period of a day or a command that never ends holds no server thread once
+    the caller has gone: 40 such calls (more than the 32 workers), and none is still
+    running on the server a moment after its deadline."""
+    pod = s.rs.RunPodSandbox(
+        pb.RunPodSandboxRequest(config=pod_config("p", log_directory=str(tmp_path / "l"))),
+        timeout=10,
+    ).pod_sandbox_id
+    cfg = container_config("sh", BUSYBOX, ["sh", "-c", "while true; do sleep 1; done"])
+    cid = s.rs.CreateContainer(
+        pb.CreateContainerRequest(pod_sandbox_id=pod, config=cfg), timeout=10
+    ).container_id
+    s.rs.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=10)
+
+    # count the state calls the servicer is inside of (this runtime's state only)
+    lock = threading.Lock()
+    running = {"now": 0, "started": 0}
+
+    def counting(method):
+        def call(*args, **kwargs):
+            with lock:
+                running["now"] += 1
+                running["started"] += 1
+            try:
+                return method(*args, **kwargs)
+            finally:
+                with lock:
+                    running["now"] -= 1
+
+        return call
+
+    rt.state.stop_container = counting(rt.state.stop_container)
+    rt.state.exec_sync = counting(rt.state.exec_sync)
+    futures = []
+    for i in range(40):
+        if i % 2:
+            request = pb.StopContainerRequest(container_id=cid, timeout=86_400)
+            futures.append(s.rs.StopContainer.future(request, timeout=0.3))
+        else:
+            request = pb.ExecSyncRequest(container_id=cid, cmd=["sleep", "infinity"])
+            futures.append(s.rs.ExecSync.future(request, timeout=0.3))
+    assert all(f.exception().code() == C.DEADLINE_EXCEEDED for f in futures)
+    assert running["started"] >= 20  # (calls still queued at their deadline never start)
+    assert _wait(lambda: running["now"] == 0, within=2), running
+    t0 = time.monotonic()
+    assert s.version_works()
+    assert time.monotonic() - t0 < 1.5
+    status = s.rs.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=5)
+    assert status.status.state == pb.CONTAINER_RUNNING  # as containerd: still running
