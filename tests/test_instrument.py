@@ -365,3 +365,22 @@ def test_reset_clears_calls_and_faults(rt: FakeRuntime, s: Stubs) -> None:
     rt.reset()
     assert rt.calls == [] and rt.state.pods == {}
     assert s.error_of(s.rs.Version, pb.VersionRequest()) is None
+
+
+def test_history_keeps_messages_within_a_byte_budget(monkeypatch) -> None:
+    from crilab import FakeRuntime, connect
+    from crilab.builders import container_config, pod_config
+    from crilab.runtime import instrument
+
+    monkeypatch.setattr(instrument, "KEEP_TOTAL_BYTES", 20_000)
+    with FakeRuntime(images=["busybox"]) as rt:
+        pod = rt.state.run_pod_sandbox(pod_config("p"))
+        for i in range(20):
+            rt.state.create_container(pod, container_config(f"c{i}", "busybox"))
+        client = connect(rt.endpoint)
+        for _ in range(10):
+            client.list_containers()
+        lists = rt.calls_to("ListContainers")
+        assert isinstance(lists[0].response, str) and "no longer kept" in lists[0].response
+        assert len(lists[-1].response.containers) == 20, "the newest answers are kept whole"
+        client.close()

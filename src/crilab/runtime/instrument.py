@@ -22,6 +22,9 @@ import grpc
 #: Requests and responses larger than this are not kept in the history (their size is):
 #: the history holds ``history`` calls, so it stays bounded however big the messages are.
 KEEP_RESPONSE_BYTES = 64 * 1024
+#: All kept requests and responses together stay under this: older ones become size notes.
+#: (10,000 kept 100-container List answers would otherwise hold ~700 MiB.)
+KEEP_TOTAL_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class Malformed:
         return f"<malformed {self.message_type}: {self.size} bytes>"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Call:
     """One recorded RPC."""
 
@@ -123,6 +126,8 @@ class Instrument(grpc.ServerInterceptor):
 
     def __init__(self, history: int = 10_000, methods: Iterable[str] = ()) -> None:
         self._calls: collections.deque[Call] = collections.deque(maxlen=history)
+        self._kept: collections.deque[tuple[Call, int]] = collections.deque()
+        self._kept_bytes = 0
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
         self._known = set(methods)
@@ -208,10 +213,19 @@ class Instrument(grpc.ServerInterceptor):
     def clear_calls(self) -> None:
         with self._lock:
             self._calls.clear()
+            self._kept.clear()
+            self._kept_bytes = 0
 
-    def _record(self, call: Call) -> None:
+    def _record(self, call: Call, kept: int = 0) -> None:
         with self._lock:
             self._calls.append(call)
+            if kept:
+                self._kept.append((call, kept))
+                self._kept_bytes += kept
+                while self._kept_bytes > KEEP_TOTAL_BYTES:
+                    old, size = self._kept.popleft()
+                    self._kept_bytes -= size
+                    old.request, old.response = _size_note(old.request), _size_note(old.response)
 
     # -- interception ----------------------------------------------------------
 
@@ -326,6 +340,8 @@ class Instrument(grpc.ServerInterceptor):
         code = context.code()
         if isinstance(code, grpc.StatusCode):
             name = code.name
+        elif not failed and not isinstance(response, int):
+            name = "OK"  # a unary call that returned (skips the is_active round trip)
         elif not context.is_active():  # a stream the client abandoned, or its deadline passed
             remaining = context.time_remaining()
             name = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
@@ -334,7 +350,7 @@ class Instrument(grpc.ServerInterceptor):
         details = context.details() or ""
         if isinstance(details, bytes):  # grpcio's server context keeps them encoded
             details = details.decode("utf-8", errors="replace")
-        request, response = _keepable(request), _keepable(response)
+        (request, request_size), (response, response_size) = _keepable(request), _keepable(response)
         self._record(
             Call(
                 method,
@@ -347,16 +363,25 @@ class Instrument(grpc.ServerInterceptor):
                 duration,
                 context.peer(),
                 injected,
-            )
+            ),
+            request_size + response_size,
         )
 
 
-def _keepable(message: Any) -> Any:
-    """The message itself, or a short note of its size when it is too big to keep."""
+def _keepable(message: Any) -> tuple[Any, int]:
+    """The message and its size, or a short note of its size when it is too big to keep."""
     if hasattr(message, "ByteSize"):
-        size = message.ByteSize()
+        size = message.ByteSize()  # computed once: for a big message it costs an encode
         if size > KEEP_RESPONSE_BYTES:
-            return f"<{type(message).__name__}: {size} bytes, not kept>"
+            return f"<{type(message).__name__}: {size} bytes, not kept>", 0
+        return message, size
+    return message, 0
+
+
+def _size_note(message: Any) -> Any:
+    """What the history keeps of an old message once the byte budget is spent."""
+    if hasattr(message, "ByteSize"):
+        return f"<{type(message).__name__}: {message.ByteSize()} bytes, no longer kept>"
     return message
 
 
