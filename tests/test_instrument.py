@@ -203,6 +203,21 @@ def test_an_abandoned_stream_is_recorded_as_the_client_saw_it(rt: FakeRuntime, s
     assert rt.state.events.subscribers == 0
 
 
+def test_a_unary_call_that_outlives_its_deadline_is_recorded_as_the_client_saw_it(
+    rt: FakeRuntime, s: Stubs
+) -> None:
+    """The servicer returned, but too late: the record must say what the client got."""
+    rt.inject_latency(0.3, method="Version")
+    with pytest.raises(grpc.RpcError) as err:
+        s.rs.Version(pb.VersionRequest(), timeout=0.1)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert eventually(lambda: len(rt.calls_to("Version")) == 1)
+    assert rt.calls_to("Version")[0].code == "DEADLINE_EXCEEDED"
+    rt.clear_faults()
+    s.version()  # a quick call within its deadline stays OK
+    assert rt.calls_to("Version")[-1].code == "OK"
+
+
 def test_a_large_response_is_not_kept(rt: FakeRuntime, s: Stubs) -> None:
     pid = s.run_pod()
     for i in range(STREAM_CHUNK):

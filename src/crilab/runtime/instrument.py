@@ -340,8 +340,15 @@ class Instrument(grpc.ServerInterceptor):
         code = context.code()
         if isinstance(code, grpc.StatusCode):
             name = code.name
-        elif not failed and not isinstance(response, int):
-            name = "OK"  # a unary call that returned (skips the is_active round trip)
+        elif (
+            not failed
+            and not isinstance(response, int)
+            and duration < _QUICK_SECONDS
+            and context.time_remaining() > 0
+        ):
+            # A quick unary call that returned within its deadline: its client is still
+            # there (skips the is_active round trip). A slow one may not be: ask below.
+            name = "OK"
         elif not context.is_active():  # a stream the client abandoned, or its deadline passed
             remaining = context.time_remaining()
             name = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
@@ -366,6 +373,11 @@ class Instrument(grpc.ServerInterceptor):
             ),
             request_size + response_size,
         )
+
+
+_QUICK_SECONDS = 0.005
+"""Below this a returned unary call is recorded OK without asking grpc whether the client
+is still waiting: no deadline a client sets in practice is that short."""
 
 
 def _keepable(message: Any) -> tuple[Any, int]:
