@@ -331,6 +331,57 @@ def test_list_filters(s: Stubs) -> None:
     assert pods(state=pb.PodSandboxStateValue(state=pb.SANDBOX_READY)) == [b]
 
 
+def test_a_repeated_list_follows_every_change(s: Stubs, rt: FakeRuntime) -> None:
+    """Answers are reused while the state holds still (the kubelet relists every second),
+    and never once it has moved: each step below lists again with the same filters."""
+    running = pb.ContainerFilter(state=pb.ContainerStateValue(state=pb.CONTAINER_RUNNING))
+
+    def seen() -> tuple[list[tuple[str, int]], list[str], list[tuple[str, int]]]:
+        every = s.rs.ListContainers(pb.ListContainersRequest(), timeout=5).containers
+        run = s.rs.ListContainers(pb.ListContainersRequest(filter=running), timeout=5)
+        pods = s.rs.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=5).items
+        return (
+            [(c.id, c.state) for c in every],
+            [c.id for c in run.containers],
+            [(p.id, p.state) for p in pods],
+        )
+
+    assert seen() == seen() == ([], [], [])
+    pid = s.run_pod()
+    assert seen() == ([], [], [(pid, pb.SANDBOX_READY)])
+    cid = s.create(pid)
+    assert seen() == ([(cid, pb.CONTAINER_CREATED)], [], [(pid, pb.SANDBOX_READY)])
+    s.start(cid)
+    assert seen() == ([(cid, pb.CONTAINER_RUNNING)], [cid], [(pid, pb.SANDBOX_READY)])
+    short = s.create(pid, "short", command=("true",))
+    s.start(short)
+    s.wait_state(short, pb.CONTAINER_EXITED)  # an exit nobody asked for moves the list too
+    assert seen()[0] == [(cid, pb.CONTAINER_RUNNING), (short, pb.CONTAINER_EXITED)]
+    s.rs.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pid), timeout=5)
+    assert seen() == (
+        [(cid, pb.CONTAINER_EXITED), (short, pb.CONTAINER_EXITED)],
+        [],
+        [(pid, pb.SANDBOX_NOTREADY)],
+    )
+    s.rs.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pid), timeout=5)
+    assert seen() == ([], [], [])
+    again = s.run_pod("again")
+    rt.reset()
+    assert seen() == ([], [], []), f"pod {again} outlived reset()"
+
+
+def test_what_the_history_hands_out_is_a_copy(s: Stubs, rt: FakeRuntime) -> None:
+    """A learner editing a recorded answer must not change the runtime's next answer."""
+    pid = s.run_pod()
+    s.create(pid)
+    s.rs.ListContainers(pb.ListContainersRequest(), timeout=5)
+    recorded = rt.calls_to("ListContainers")[-1].response
+    del recorded.containers[:]
+    assert len(rt.calls_to("ListContainers")[-1].response.containers) == 1
+    again = s.rs.ListContainers(pb.ListContainersRequest(), timeout=5)
+    assert len(again.containers) == 1
+
+
 # -- images ------------------------------------------------------------------------------
 
 

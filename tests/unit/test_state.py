@@ -356,6 +356,40 @@ def test_scale_label_and_state_filter(k: Kit) -> None:
 # -- images ----------------------------------------------------------------------------------
 
 
+def test_generations_move_exactly_when_a_list_answer_can(k: Kit) -> None:
+    """The servicer reuses a List answer while its generation holds: every change a List
+    can show must move it, and reading (status, exec, stats) must not."""
+    st = k.state
+    last = [(st.pods_generation, st.containers_generation)]
+
+    def moved() -> tuple[bool, bool]:
+        """Whether (pods, containers) moved since the last look."""
+        now = (st.pods_generation, st.containers_generation)
+        before, last[0] = last[0], now
+        return now[0] != before[0], now[1] != before[1]
+
+    pid = k.pod()
+    assert moved() == (True, False)
+    cid = k.ctr(pid)
+    assert moved() == (False, True)
+    st.start_container(cid)
+    assert moved() == (False, True)
+    st.container_status(cid)
+    st.exec_sync(cid, ["echo", "hi"], 5)
+    st.list_containers()
+    st.pod_sandbox_status(pid)
+    assert moved() == (False, False)
+    st.stop_container(cid, 0)
+    assert moved() == (False, True)
+    st.stop_pod_sandbox(pid)
+    assert moved() == (True, False)
+    st.remove_pod_sandbox(pid)
+    assert moved() == (True, True)
+    st.reset()
+    assert moved() == (True, True)
+    assert st.check_invariants() == []
+
+
 def test_pull_normalizes_and_merges_tags(k: Kit) -> None:
     ref = k.state.pull_image("busybox")
     assert ref.startswith("sha256:") and len(ref) == 71

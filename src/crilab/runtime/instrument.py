@@ -41,18 +41,34 @@ class Malformed:
 
 @dataclass(slots=True)
 class Call:
-    """One recorded RPC."""
+    """One recorded RPC.
+
+    ``request`` and ``response`` hand out copies: the messages the history keeps are the
+    ones that were served (a List answer is shared by every call that got it), so a caller
+    that edits what it reads must not change what the runtime answers next.
+    """
 
     method: str  # short name, e.g. "StartContainer"
     service: str  # e.g. "runtime.v1.RuntimeService"
-    request: Any
-    response: Any  # the reply (unary), the number of messages (streams), or None
+    _request: Any = field(repr=False)
+    _response: Any = field(repr=False)  # the reply (unary), the messages sent (streams), or None
     code: str  # "OK", "NOT_FOUND", ...
     details: str
     started: float  # wall-clock time.time()
     duration: float  # seconds
     peer: str
     injected: str = ""  # "error", "latency 0.05s", or ""
+
+    @property
+    def request(self) -> Any:
+        """The request as received (a copy), or a note of its size when it was not kept."""
+        return _copy(self._request)
+
+    @property
+    def response(self) -> Any:
+        """The reply (a copy), a note of its size, the number of messages a stream sent,
+        or ``None`` when the call failed."""
+        return _copy(self._response)
 
     @property
     def ok(self) -> bool:
@@ -126,8 +142,11 @@ class Instrument(grpc.ServerInterceptor):
 
     def __init__(self, history: int = 10_000, methods: Iterable[str] = ()) -> None:
         self._calls: collections.deque[Call] = collections.deque(maxlen=history)
-        self._kept: collections.deque[tuple[Call, int]] = collections.deque()
+        self._kept: collections.deque[tuple[Call, int, int]] = collections.deque()
         self._kept_bytes = 0
+        # the last answer sized and its size: a List answer reused across calls (see
+        # the servicer's ``_Answers``) is sized once, not once per call
+        self._sized: tuple[Any, int] = (None, 0)
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
         self._known = set(methods)
@@ -216,16 +235,17 @@ class Instrument(grpc.ServerInterceptor):
             self._kept.clear()
             self._kept_bytes = 0
 
-    def _record(self, call: Call, kept: int = 0) -> None:
+    def _record(self, call: Call, request_size: int = 0, response_size: int = 0) -> None:
         with self._lock:
             self._calls.append(call)
-            if kept:
-                self._kept.append((call, kept))
-                self._kept_bytes += kept
+            if request_size or response_size:
+                self._kept.append((call, request_size, response_size))
+                self._kept_bytes += request_size + response_size
                 while self._kept_bytes > KEEP_TOTAL_BYTES:
-                    old, size = self._kept.popleft()
-                    self._kept_bytes -= size
-                    old.request, old.response = _size_note(old.request), _size_note(old.response)
+                    old, old_request, old_response = self._kept.popleft()
+                    self._kept_bytes -= old_request + old_response
+                    old._request = _size_note(old._request, old_request)
+                    old._response = _size_note(old._response, old_response)
 
     # -- interception ----------------------------------------------------------
 
@@ -357,7 +377,8 @@ class Instrument(grpc.ServerInterceptor):
         details = context.details() or ""
         if isinstance(details, bytes):  # grpcio's server context keeps them encoded
             details = details.decode("utf-8", errors="replace")
-        (request, request_size), (response, response_size) = _keepable(request), _keepable(response)
+        request, request_size = self._keepable(request, remember=False)
+        response, response_size = self._keepable(response, remember=True)
         self._record(
             Call(
                 method,
@@ -371,29 +392,41 @@ class Instrument(grpc.ServerInterceptor):
                 context.peer(),
                 injected,
             ),
-            request_size + response_size,
+            request_size,
+            response_size,
         )
 
-
-_QUICK_SECONDS = 0.005
-"""Below this a returned unary call is recorded OK without asking grpc whether the client
-is still waiting: no deadline a client sets in practice is that short."""
-
-
-def _keepable(message: Any) -> tuple[Any, int]:
-    """The message and its size, or a short note of its size when it is too big to keep."""
-    if hasattr(message, "ByteSize"):
-        size = message.ByteSize()  # computed once: for a big message it costs an encode
+    def _keepable(self, message: Any, *, remember: bool) -> tuple[Any, int]:
+        """The message and its size, or a short note of its size when it is too big to keep."""
+        if not hasattr(message, "ByteSize"):
+            return message, 0
+        last, size = self._sized
+        if message is not last:
+            size = message.ByteSize()  # for a big message this costs an encode
+            if remember:
+                self._sized = (message, size)
         if size > KEEP_RESPONSE_BYTES:
             return f"<{type(message).__name__}: {size} bytes, not kept>", 0
         return message, size
-    return message, 0
 
 
-def _size_note(message: Any) -> Any:
+_QUICK_SECONDS = 0.005
+"""A returned unary call quicker than this, with time left before its deadline, is
+recorded OK without asking grpc whether the client is still waiting."""
+
+
+def _copy(message: Any) -> Any:
+    if hasattr(message, "CopyFrom"):
+        copy = type(message)()
+        copy.CopyFrom(message)
+        return copy
+    return message
+
+
+def _size_note(message: Any, size: int) -> Any:
     """What the history keeps of an old message once the byte budget is spent."""
     if hasattr(message, "ByteSize"):
-        return f"<{type(message).__name__}: {message.ByteSize()} bytes, no longer kept>"
+        return f"<{type(message).__name__}: {size} bytes, no longer kept>"
     return message
 
 

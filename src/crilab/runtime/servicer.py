@@ -133,6 +133,40 @@ def _fitting(response: Any, method: str, stream: str, filters: str = "") -> Any:
     return response
 
 
+class _Answers:
+    """List answers reused for as long as the state they came from holds.
+
+    The kubelet lists every second with the same filter, and building an answer
+    copies every item into a new message: for 100 containers that costs more than the
+    rest of the call. An answer is kept with the state generation read before it was
+    built, so one built while the state changed is never served for the new state.
+    Answers are shared between calls (and their records): read-only.
+    """
+
+    LIMIT = 16  # distinct filters kept; past it the kept ones are dropped
+    #: Answers bigger than this are built each time: the kept ones stay within
+    #: LIMIT x MAX_BYTES (16 MiB) on a small Binder, and a big answer costs far more to
+    #: send than to build.
+    MAX_BYTES = 1024 * 1024
+
+    def __init__(self, generation: Callable[[], int]) -> None:
+        self._generation = generation
+        self._kept: dict[bytes, tuple[int, Any]] = {}
+
+    def get(self, flt: Any, build: Callable[[], Any]) -> Any:
+        generation = self._generation()
+        key = b"" if flt is None else flt.SerializeToString(deterministic=True)
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] == generation:
+            return kept[1]
+        answer = build()
+        if answer.ByteSize() <= self.MAX_BYTES:  # in C, and only when built
+            if len(self._kept) >= self.LIMIT:
+                self._kept = {}
+            self._kept[key] = (generation, answer)
+        return answer
+
+
 def _unimplemented(what: str) -> Unimplemented:
     return Unimplemented(what)
 
@@ -143,6 +177,8 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
 
     def __init__(self, state: RuntimeState) -> None:
         self.state = state
+        self._pods = _Answers(lambda: state.pods_generation)
+        self._containers = _Answers(lambda: state.containers_generation)
 
     # -- runtime ---------------------------------------------------------------
 
@@ -190,11 +226,14 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
 
     def ListPodSandbox(self, request, context):
         flt = request.filter if request.HasField("filter") else None
-        return _fitting(
-            api_pb2.ListPodSandboxResponse(items=self.state.list_pod_sandbox(flt)),
-            "ListPodSandbox",
-            "StreamPodSandboxes",
-            "id, state, label_selector",
+        return self._pods.get(
+            flt,
+            lambda: _fitting(
+                api_pb2.ListPodSandboxResponse(items=self.state.list_pod_sandbox(flt)),
+                "ListPodSandbox",
+                "StreamPodSandboxes",
+                "id, state, label_selector",
+            ),
         )
 
     def StreamPodSandboxes(self, request, context):
@@ -228,11 +267,14 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
 
     def ListContainers(self, request, context):
         flt = request.filter if request.HasField("filter") else None
-        return _fitting(
-            api_pb2.ListContainersResponse(containers=self.state.list_containers(flt)),
-            "ListContainers",
-            "StreamContainers",
-            "id, pod_sandbox_id, state, label_selector",
+        return self._containers.get(
+            flt,
+            lambda: _fitting(
+                api_pb2.ListContainersResponse(containers=self.state.list_containers(flt)),
+                "ListContainers",
+                "StreamContainers",
+                "id, pod_sandbox_id, state, label_selector",
+            ),
         )
 
     def StreamContainers(self, request, context):

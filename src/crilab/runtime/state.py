@@ -18,6 +18,7 @@ answers UNKNOWN for a caller's mistake this answers the precise code
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import tempfile
@@ -116,23 +117,36 @@ class _Run:
     cancelled: bool = False
 
 
+_GENERATIONS = itertools.count(1)
+"""One sequence for every index, so a generation is never seen twice, even across resets."""
+
+
 class _Index:
-    """Sets of IDs by state and by label pair, kept in step with the maps."""
+    """Sets of IDs by state and by label pair, kept in step with the maps.
+
+    Every change goes through here (a list item only changes by being added, moved to
+    another state or removed), so ``generation`` changes exactly when a List answer can:
+    the servicer reuses an answer for as long as it stays the same.
+    """
 
     def __init__(self) -> None:
         self.by_state: dict[int, set[str]] = {}
         self.by_label: dict[tuple[str, str], set[str]] = {}
+        self.generation = next(_GENERATIONS)
 
     def add(self, ident: str, state: int, labels: Mapping[str, str]) -> None:
+        self.generation = next(_GENERATIONS)
         self.by_state.setdefault(state, set()).add(ident)
         for pair in labels.items():
             self.by_label.setdefault(pair, set()).add(ident)
 
     def move(self, ident: str, old: int, new: int) -> None:
+        self.generation = next(_GENERATIONS)
         self.by_state.get(old, set()).discard(ident)
         self.by_state.setdefault(new, set()).add(ident)
 
     def remove(self, ident: str, state: int, labels: Mapping[str, str]) -> None:
+        self.generation = next(_GENERATIONS)
         self.by_state.get(state, set()).discard(ident)
         for pair in labels.items():
             ids = self.by_label.get(pair)
@@ -142,6 +156,7 @@ class _Index:
                     del self.by_label[pair]
 
     def clear(self) -> None:
+        self.generation = next(_GENERATIONS)
         self.by_state.clear()
         self.by_label.clear()
 
@@ -412,6 +427,16 @@ class RuntimeState:
             },
             "note": "crilab fake runtime: no real sandbox process or network namespace exists",
         }
+
+    @property
+    def pods_generation(self) -> int:
+        """Changes whenever a ListPodSandbox answer could (a pod added, moved, removed)."""
+        return self._pod_index.generation
+
+    @property
+    def containers_generation(self) -> int:
+        """Changes whenever a ListContainers answer could."""
+        return self._ctr_index.generation
 
     def list_pod_sandbox(
         self, flt: api_pb2.PodSandboxFilter | None = None
