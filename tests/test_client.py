@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -148,23 +151,110 @@ def test_no_endpoint_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "crilab.FakeRuntime()" in message and "crilab serve" in message
 
 
-def test_nothing_listening_on_unix_socket() -> None:
+#: Far beyond any dial on this machine: a bound that proves "no hang", never a speed test.
+NO_HANG = 30.0
+
+
+def test_a_missing_socket_fails_at_once() -> None:
     with tempfile.TemporaryDirectory(prefix="crilab-") as tmp:
         endpoint = f"unix://{tmp}/nobody.sock"
+        started = time.monotonic()
         with pytest.raises(RuntimeUnavailable) as info:
-            connect(endpoint, timeout=0.5)
+            connect(endpoint, timeout=120)  # a dial would wait all of it: there is none
+        took = time.monotonic() - started
+    assert took < NO_HANG
     assert info.value.endpoint == endpoint
     assert endpoint in str(info.value)
     assert "FakeRuntime" in str(info.value)
     assert "no socket" in str(info.value)
 
 
-def test_nothing_listening_on_tcp_port() -> None:
-    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
-    with pytest.raises(RuntimeUnavailable) as info:
-        connect(endpoint, timeout=0.5)
-    assert endpoint in str(info.value)
-    assert "FakeRuntime" in str(info.value)
+def test_a_path_that_is_not_a_socket_fails_at_once() -> None:
+    with tempfile.TemporaryDirectory(prefix="crilab-") as tmp:
+        path = os.path.join(tmp, "runtime.txt")
+        with open(path, "w") as handle:
+            handle.write("not a socket")
+        started = time.monotonic()
+        with pytest.raises(RuntimeUnavailable, match="is not a socket"):
+            connect(path, timeout=120)
+        assert time.monotonic() - started < NO_HANG
+
+
+def stale_socket(directory: str) -> str:
+    """A socket file nothing listens on: what a runtime killed with SIGKILL leaves."""
+    path = os.path.join(directory, "stale.sock")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(path)  # bound, never listening, then closed: connect() is refused
+    return path
+
+
+@pytest.mark.parametrize("kind", ["stale unix socket", "tcp port"])
+def test_the_dial_gives_up_after_its_timeout(kind: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="crilab-") as tmp:
+        if kind == "tcp port":
+            endpoint, why = f"tcp://127.0.0.1:{free_tcp_port()}", "nothing is listening on port"
+        else:
+            endpoint, why = f"unix://{stale_socket(tmp)}", "stale"
+        started = time.monotonic()
+        with pytest.raises(RuntimeUnavailable) as info:
+            connect(endpoint, timeout=1.0)
+        took = time.monotonic() - started
+    assert took < 1.0 + NO_HANG  # the dial's deadline holds: an error, not a hang
+    message = str(info.value)
+    assert endpoint in message and "within 1s" in message and why in message
+    assert "FakeRuntime" in message
+
+
+_AS_ANOTHER_USER = """
+import os, sys, time
+import crilab.client as c
+if os.geteuid() == 0:  # root may open anything: become nobody to meet the permissions
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+for path in sys.argv[1:]:
+    started = time.monotonic()
+    try:
+        c.connect(path, timeout=120)
+    except c.RuntimeUnavailable as err:
+        print(f"{time.monotonic() - started:.3f} {err}")
+"""
+
+
+def test_permission_denied_says_so_at_once() -> None:
+    base = tempfile.mkdtemp(prefix="crilab-perm-")
+    try:
+        os.chmod(base, 0o755)
+        listener = socket.socket(socket.AF_UNIX)
+        open_dir = os.path.join(base, "open")
+        closed_dir = os.path.join(base, "closed")
+        os.mkdir(open_dir, 0o755)
+        os.mkdir(closed_dir, 0o700)
+        root_only = os.path.join(open_dir, "root.sock")  # like /run/containerd/containerd.sock
+        listener.bind(root_only)
+        listener.listen()
+        hidden = os.path.join(closed_dir, "hidden.sock")
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(hidden)
+        if os.geteuid() != 0:  # the owner meets the same refusals with no permission bits
+            os.chmod(root_only, 0)
+            os.chmod(closed_dir, 0)
+        else:
+            os.chmod(root_only, 0o600)
+        done = subprocess.run(
+            [sys.executable, "-c", _AS_ANOTHER_USER, root_only, hidden],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        listener.close()
+        os.chmod(closed_dir, 0o700)
+        shutil.rmtree(base)
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    assert f"permission denied on {root_only}" in first and "sudo" in first
+    assert f"permission denied on a directory above {hidden}" in second
+    assert all(float(line.split()[0]) < NO_HANG for line in (first, second))
 
 
 class OldRuntime(api_pb2_grpc.RuntimeServiceServicer):
@@ -196,6 +286,8 @@ def test_wrong_api_version(tiny_server: tuple[grpc.Server, str]) -> None:
     assert info.value.api_version == "v1alpha2"
     assert "v1alpha2" in str(info.value) and "v1" in str(info.value)
     assert endpoint in str(info.value)
+    # the advice names versions that do speak runtime.v1 (containerd 1.6 does)
+    assert "containerd 1.6 or newer" in str(info.value) and "1.7" not in str(info.value)
 
 
 def test_server_without_runtime_v1(tiny_server: tuple[grpc.Server, str]) -> None:
@@ -204,6 +296,42 @@ def test_server_without_runtime_v1(tiny_server: tuple[grpc.Server, str]) -> None
     with pytest.raises(IncompatibleRuntime) as info:
         connect(endpoint)
     assert "UNIMPLEMENTED" in str(info.value) and "runtime.v1" in str(info.value)
+    assert "containerd 1.6 or newer" in str(info.value)
+
+
+def test_connect_asks_version_v1_and_checks_runtime_api_version(rt: FakeRuntime) -> None:
+    rt.clear_calls()
+    with connect(rt.endpoint) as c:
+        assert [call.method for call in rt.calls] == ["Version"]  # one call, as documented
+        assert c.version().runtime_api_version == "v1"
+
+
+# -- the 16 MiB receive limit ------------------------------------------------------------
+
+
+def test_connect_receives_lists_past_grpcs_4_mib_default(rt: FakeRuntime, tmp_path) -> None:
+    # about 6 MiB of containers, made through rt.state (far quicker than 300 RPCs)
+    pod = rt.state.run_pod_sandbox(pod_config("big", log_directory=str(tmp_path)))
+    notes = {f"note-{i}": "v" * 2_500 for i in range(8)}  # 20 KB a container
+    for i in range(300):
+        cfg = container_config(f"c{i}", BUSYBOX, ["sleep", "infinity"], annotations=notes)
+        rt.state.create_container(pod, cfg)
+    size = pb.ListContainersResponse(containers=rt.state.list_containers()).ByteSize()
+    assert 4 * 1024 * 1024 < size < 16 * 1024 * 1024
+
+    with connect(rt.endpoint) as c:  # the kubelet's 16 MiB receive limit
+        assert len(c.list_containers()) == 300
+
+    plain = grpc.insecure_channel(rt.endpoint.replace("unix://", "unix:", 1))  # 4 MiB default
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            api_pb2_grpc.RuntimeServiceStub(plain).ListContainers(
+                pb.ListContainersRequest(), timeout=30
+            )
+    finally:
+        plain.close()
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in info.value.details()
 
 
 # -- errors are the runtime's own ------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Modelled on the kubelet's ``remote_runtime.go`` / ``remote_image.go``: dial
 the endpoint with a timeout, raise the message limit to 16 MiB, check that the
-runtime speaks ``runtime.v1`` (``Version``), then make every call with a
+runtime speaks ``runtime.v1`` (one ``Version`` call), then make every call with a
 deadline. It uses only CRI calls, so it works unchanged against containerd,
 CRI-O or crilab's ``FakeRuntime``::
 
@@ -17,6 +17,7 @@ code *is* the lesson (``crilab.explain(err)`` says what it means).
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -85,8 +86,16 @@ def connect(
     default ``$CONTAINER_RUNTIME_ENDPOINT`` (crictl's variable). ``timeout`` bounds the
     dial and the version check; ``call_timeout`` is every later call's deadline.
     Failing here, rather than at the first real call, names the endpoint in the error.
+    A unix socket that is missing, or that this user may not open, fails at once: no
+    dial could succeed, so waiting out ``timeout`` would only delay the same answer.
     """
     target = _resolve(endpoint)
+    if target.is_unix:
+        problem = _unix_socket_problem(target.path)
+        if problem:
+            raise RuntimeUnavailable(
+                f"no CRI runtime at {target.uri}: {problem}. {_HOW_TO_GET_ONE}", target.uri
+            )
     channel = grpc.insecure_channel(target.grpc_target, options=list(CHANNEL_OPTIONS))
     try:
         _wait_ready(channel, target, timeout)
@@ -120,19 +129,46 @@ def _wait_ready(channel: grpc.Channel, target: Endpoint, timeout: float) -> None
         ) from None
 
 
+def _unix_socket_problem(path: str) -> str:
+    """Why no dial to ``path`` can work (missing, not a socket, not ours), or ""."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return f"there is no socket at {path} (is the runtime running? is the path right?)"
+    except PermissionError:
+        return (
+            f"permission denied on a directory above {path} (a real runtime's socket is "
+            "root's: use sudo)"
+        )
+    except OSError as err:  # e.g. a path through a regular file (ENOTDIR)
+        return f"cannot use {path}: {err.strerror}"
+    if not stat.S_ISSOCK(info.st_mode):
+        return f"{path} is not a socket (a typo in the path? a runtime's socket ends in .sock)"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f"permission denied on {path} (a real runtime's socket is root's: use sudo)"
+    return ""
+
+
 def _why_not_listening(target: Endpoint) -> str:
-    """A guess at why the dial failed, from what the socket path looks like."""
+    """A guess at why the dial failed within its timeout."""
     if not target.is_unix:
         return f"nothing is listening on port {target.port} of {target.host}, or it is firewalled"
-    if not os.path.exists(target.path):
-        return f"there is no socket at {target.path} (is the runtime running? is the path right?)"
-    if not os.access(target.path, os.R_OK | os.W_OK):
-        return f"permission denied on {target.path} (a real runtime's socket is root's: use sudo)"
-    return f"the socket {target.path} exists but nothing accepts connections on it (stale?)"
+    return _unix_socket_problem(target.path) or (
+        f"the socket {target.path} exists but nothing accepts connections on it (stale: "
+        "left by a runtime that stopped? start the runtime again)"
+    )
 
 
 def _check_version(stub: api_pb2_grpc.RuntimeServiceStub, target: Endpoint, timeout: float) -> None:
-    """Ask ``Version`` as kubelet's getRuntimeAndImageServices does: v1 or nothing."""
+    """One ``Version`` call: the runtime must answer it with ``runtime_api_version`` "v1".
+
+    The kubelet checks in two steps: its remote client validates the connection with an
+    empty ``VersionRequest{}`` (cri-client's ``validateServiceConnection``: an answer
+    at all means runtime.v1 is served), then the kuberuntime manager calls ``Version``
+    with "0.1.0" and checks the reply's ``version`` field. crilab sends "v1", as
+    ``crictl version`` does, and checks ``runtime_api_version``, the field that names
+    the CRI API the runtime speaks.
+    """
     try:
         reply = stub.Version(api_pb2.VersionRequest(version=API_VERSION), timeout=timeout)
     except grpc.RpcError as err:
@@ -140,9 +176,9 @@ def _check_version(stub: api_pb2_grpc.RuntimeServiceStub, target: Endpoint, time
         if code == grpc.StatusCode.UNIMPLEMENTED:
             raise IncompatibleRuntime(
                 f"the server at {target.uri} does not implement runtime.v1.RuntimeService "
-                f"(Version answered UNIMPLEMENTED): it is not a CRI runtime, or speaks an "
-                f"older API such as runtime.v1alpha2 (containerd < 1.7 / CRI-O < 1.24 only "
-                f"partly). crilab needs runtime.v1. {_HOW_TO_GET_ONE}",
+                f"(Version answered UNIMPLEMENTED): it is not a CRI runtime, or an old one "
+                f"that speaks only an older CRI API such as runtime.v1alpha2. crilab needs "
+                f"runtime.v1 (containerd 1.6 or newer, a current CRI-O). {_HOW_TO_GET_ONE}",
                 target.uri,
             ) from err
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -156,7 +192,8 @@ def _check_version(stub: api_pb2_grpc.RuntimeServiceStub, target: Endpoint, time
         raise IncompatibleRuntime(
             f"the runtime at {target.uri} ({reply.runtime_name} {reply.runtime_version}) speaks "
             f"CRI API {reply.runtime_api_version or '(empty)'!s}, but crilab and current kubelets "
-            f"need {API_VERSION}: upgrade the runtime (containerd >= 1.7, CRI-O >= 1.24).",
+            f"need {API_VERSION}: upgrade the runtime (containerd 1.6 or newer, or a current "
+            "CRI-O).",
             target.uri,
             reply.runtime_api_version,
         )
@@ -300,6 +337,7 @@ class Client:
     # -- runtime ---------------------------------------------------------------
 
     def version(self, *, timeout: float | None = None) -> api_pb2.VersionResponse:
+        """``Version``, sending "v1" as ``crictl version`` does."""
         return self.runtime.Version(
             api_pb2.VersionRequest(version=API_VERSION), timeout=self._t(timeout)
         )

@@ -241,8 +241,8 @@ def _from_exception(error: BaseException) -> Explanation:
             str(error),
             entry.meaning,
             "The server answers, but not with the runtime.v1 CRI API crilab speaks.",
-            "Use a runtime that speaks runtime.v1 (containerd >= 1.7, CRI-O >= 1.24, or "
-            "crilab.FakeRuntime()).",
+            "Use a runtime that speaks runtime.v1 (containerd 1.6 or newer, a current CRI-O, "
+            "or crilab.FakeRuntime()).",
         )
     if isinstance(error, RuntimeUnavailable):
         entry = _RUNTIME_UNAVAILABLE
