@@ -91,7 +91,13 @@ def test_errors_are_explained_in_the_panel_not_raised(
     rt: FakeRuntime, panel: LifecyclePanel
 ) -> None:
     panel.start_button.click()  # nothing selected yet: a learner's mistake
-    assert "Create container" in panel.last_call.value
+    shown = panel.last_call.value
+    assert "click “Create container” first" in shown and "crilab-hint" in shown
+    assert "none made" in shown  # no CRI call was made, and the panel says so
+    # a plain hint: no "the call never reached the server", no traceback to read
+    assert "traceback" not in shown.lower() and "server" not in shown
+    panel.create_button.click()
+    assert "click “Run pod” first" in panel.last_call.value
     panel.run_pod_button.click()
     panel.create_button.click()
     rt.inject_error("StartContainer", "UNAVAILABLE", "the runtime is restarting")
@@ -102,6 +108,10 @@ def test_errors_are_explained_in_the_panel_not_raised(
     panel.start_button.click()
     panel.start_button.click()  # starting twice: the runtime refuses
     assert "FAILED_PRECONDITION" in panel.last_call.value
+    panel.exec_command.value = "echo 'unclosed"
+    panel.exec_button.click()
+    assert "quote it as in a shell" in panel.last_call.value
+    assert "crilab-hint" in panel.last_call.value
 
 
 def test_updates_arrive_from_container_events(rt: FakeRuntime, panel: LifecyclePanel) -> None:

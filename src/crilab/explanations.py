@@ -148,7 +148,8 @@ _NOT_GRPC = _Entry(
     "A Python exception, not a gRPC status: the call never reached the server or its answer "
     "was used wrongly.",
     "A mistake on the client side (a wrong argument type, a typo in a name, a missing file).",
-    "Read the traceback: the last line names the problem.",
+    "Read the exception's message (the details above): it names what is wrong and, for "
+    "crilab's own checks, what to do instead.",
 )
 
 

@@ -179,10 +179,10 @@ class LifecyclePanel(w.VBox):
         self.output.value = ""
         try:
             action()
-        except grpc.RpcError as err:
+        except grpc.RpcError as err:  # the runtime refused: its status code is the lesson
             self._show_calls(start, error=explain(err)._repr_html_())
-        except Exception as err:  # a learner-facing panel explains, it does not crash
-            self._show_calls(start, error=explain(err)._repr_html_())
+        except Exception as err:  # a click in the wrong order: say what to do, never crash
+            self._show_calls(start, error=_hint_html(err))
         else:
             self._show_calls(start)
         self.refresh()
@@ -195,9 +195,8 @@ class LifecyclePanel(w.VBox):
                 f"<code>{html.escape(name)}</code> → "
                 f"<b style='color:{colour}' class='crilab-code'>{code}</b> in {took * 1000:.2f} ms"
             )
-        self.last_call.value = (
-            "<div class='crilab-last-call'>CRI call: " + " · ".join(rows) + "</div>" + error
-        )
+        calls = " · ".join(rows) if rows else "<em>none made</em>"
+        self.last_call.value = f"<div class='crilab-last-call'>CRI call: {calls}</div>{error}"
 
     def run_pod(self) -> None:
         self._pods_made += 1
@@ -245,7 +244,14 @@ class LifecyclePanel(w.VBox):
         import shlex
 
         cid = self._require_container()
-        cmd = shlex.split(self.exec_command.value)
+        try:
+            cmd = shlex.split(self.exec_command.value)
+        except ValueError as err:
+            raise ValueError(
+                f"cannot read the Exec command ({err}): quote it as in a shell, e.g. echo 'a b'"
+            ) from None
+        if not cmd:
+            raise ValueError("the Exec command is empty: type one, e.g. echo hi")
         reply = self._call("ExecSync", lambda: self.client.exec_sync(cid, cmd, timeout_seconds=5))
         out = (reply.stdout + reply.stderr).decode(errors="replace")
         self.output.value = (
@@ -346,6 +352,15 @@ class LifecyclePanel(w.VBox):
         if events is not None:
             events.cancel()
         super().close()
+
+
+def _hint_html(err: Exception) -> str:
+    """A mistake the panel caught before any call (no pod yet...): what to do, plainly."""
+    text = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+    return (
+        "<div class='crilab-hint' style='border-left:4px solid #ef6c00;background:#fff3e0;"
+        f"padding:.4em 1em;margin:.3em 0'>⚠ {html.escape(text)}</div>"
+    )
 
 
 def _endpoint_of(target: Any) -> str:
