@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from crilab import FakeRuntime, connect
+from crilab.builders import container_config, pod_config
 from crilab.widgets import PRESETS, CallLog, LifecyclePanel, Progress, state_machine_svg
 
 pytestmark = pytest.mark.timeout(60)
@@ -147,3 +148,26 @@ def test_progress_and_state_machine() -> None:
     svg = state_machine_svg("CONTAINER_EXITED")
     assert svg.count('data-current="true"') == 1
     assert 'data-state="EXITED" data-current="true"' in svg
+
+
+def test_the_state_machine_has_every_transition_the_runtime_allows(rt: FakeRuntime) -> None:
+    import re
+
+    svg = state_machine_svg(None)
+    arrows = set(re.findall(r'data-from="(\w+)" data-to="(\w+)"', svg))
+    assert arrows == {
+        ("CREATED", "RUNNING"),
+        ("RUNNING", "EXITED"),
+        ("EXITED", "REMOVED"),
+        ("CREATED", "REMOVED"),
+    }
+    # and the skip is real: the runtime removes a container that was never started
+    client = connect(rt.endpoint)
+    try:
+        pod = client.run_pod_sandbox(pod_config("skip"))
+        client.ensure_image("busybox")
+        cid = client.create_container(pod, container_config("never", "busybox", ["true"]))
+        client.remove_container(cid)
+        assert client.list_containers() == []
+    finally:
+        client.close()
