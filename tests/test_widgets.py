@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -115,14 +116,49 @@ def test_errors_are_explained_in_the_panel_not_raised(
     assert "crilab-hint" in panel.last_call.value
 
 
-def test_updates_arrive_from_container_events(rt: FakeRuntime, panel: LifecyclePanel) -> None:
-    eventually(lambda: "GetContainerEvents" in panel.footer.value)
-    panel.run_pod_button.click()
-    panel.preset.value = next(k for k in PRESETS if k.startswith("one-shot"))
-    panel.create_button.click()
-    panel.start_button.click()
-    # the container exits by itself; only an event (or a poll) can tell the panel
-    eventually(lambda: "data-state='EXITED'" in panel.table.value.replace('"', "'"))
+def row_state(panel: LifecyclePanel, cid: str) -> str | None:
+    """The state the panel's table shows for container ``cid`` (None: no row for it)."""
+    found = re.search(rf"data-id='{cid}'>.*?data-state=\"(\w+)\"", panel.table.value)
+    return found.group(1) if found else None
+
+
+def start_briefly(rt: FakeRuntime) -> str:
+    """A container started behind the panel's back (no click) that exits after ~0.5 s."""
+    with connect(rt.endpoint) as other:
+        pod = other.run_pod_sandbox(pod_config("elsewhere"))
+        other.ensure_image("busybox")
+        cid = other.create_container(
+            pod, container_config("brief", "busybox", ["sh", "-c", "sleep 0.5"])
+        )
+        other.start_container(cid)
+    return cid
+
+
+def test_updates_arrive_from_container_events(rt: FakeRuntime) -> None:
+    # polling once an hour: within this test only an event can move the table
+    panel = LifecyclePanel(connect(rt.endpoint), image="busybox", poll_interval=3600)
+    try:
+        eventually(lambda: rt.state.events.subscribers == 1)  # the panel's stream is live
+        assert "GetContainerEvents" in panel.footer.value
+        cid = start_briefly(rt)
+        eventually(lambda: row_state(panel, cid) == "EXITED", within=20)
+        assert "GetContainerEvents" in panel.footer.value  # no fallback happened
+    finally:
+        panel.close()
+    eventually(lambda: rt.state.events.subscribers == 0)  # close() ended the stream
+
+
+def test_without_events_the_panel_polls(rt: FakeRuntime) -> None:
+    rt.inject_error("GetContainerEvents", "UNIMPLEMENTED", times=None)  # an older runtime
+    panel = LifecyclePanel(connect(rt.endpoint), image="busybox", poll_interval=0.1)
+    try:
+        eventually(lambda: "polling ListContainers" in panel.footer.value)
+        assert rt.state.events.subscribers == 0
+        assert [c.code for c in rt.calls_to("GetContainerEvents")] == ["UNIMPLEMENTED"]
+        cid = start_briefly(rt)
+        eventually(lambda: row_state(panel, cid) == "EXITED", within=20)
+    finally:
+        panel.close()
 
 
 def test_call_log_follows_the_history(rt: FakeRuntime) -> None:
