@@ -420,3 +420,90 @@ def test_parse_cri_log_joins_partial_lines() -> None:
     ]
     assert parse_cri_log(records) == ["oops", "hello world", ""]
     assert parse_cri_log(records, stream="stdout") == ["hello world", ""]
+
+
+# -- the notebook helper: crilab.notebook.lab() ------------------------------------------
+
+
+@pytest.fixture
+def no_lab(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No kernel-wide Lab before the test; the one it leaves is closed after."""
+    from crilab import notebook
+
+    monkeypatch.setattr(notebook, "_current", None)
+    monkeypatch.delenv(ENDPOINT_ENV, raising=False)
+    yield
+    if notebook._current is not None:
+        notebook._close(notebook._current)
+
+
+def test_lab_cleanup_removes_only_the_notebooks_pods(rt: FakeRuntime, client: Client, capsys):
+    from crilab.builders import NOTEBOOK_LABELS
+    from crilab.notebook import Lab
+    from crilab.widgets import LifecyclePanel
+
+    # somebody else's pod, as on a real node: it must survive, container and all
+    system_cfg = pod_config("kube-proxy", "kube-system", labels={"k8s-app": "kube-proxy"})
+    system = client.run_pod_sandbox(system_cfg)
+    proxy = client.create_container(
+        system, container_config("proxy", BUSYBOX, ["sleep", "infinity"]), system_cfg
+    )
+    client.start_container(proxy)
+
+    lab = Lab(connect(rt.endpoint), rt, BUSYBOX, host_network=False)
+    mine = lab.pod_config("web", labels={"app": "web"})
+    assert dict(mine.labels) == {"app": "web", **NOTEBOOK_LABELS}
+    web = client.run_pod_sandbox(mine)
+    client.create_container(web, lab.container_config("app", ["sleep", "infinity"]), mine)
+    client.run_pod_sandbox(lab.pod_config("db"))
+    panel = LifecyclePanel(lab.client, image=BUSYBOX)
+    try:
+        panel.run_pod_button.click()
+        assert panel.pod_id in {p.id for p in client.list_pod_sandbox(labels=NOTEBOOK_LABELS)}
+    finally:
+        panel.close()
+    assert len(client.list_pod_sandbox()) == 4
+
+    lab.cleanup()
+    assert [p.id for p in client.list_pod_sandbox()] == [system]
+    assert [c.id for c in client.list_containers()] == [proxy]
+    assert client.container_status(proxy).state == pb.CONTAINER_RUNNING
+    assert "left 1 pod(s) alone" in capsys.readouterr().out
+    lab.cleanup()  # nothing of ours left: a second call is harmless
+    assert [p.id for p in client.list_pod_sandbox()] == [system]
+    lab.client.close()
+
+
+def test_lab_says_when_it_reuses_and_follows_the_endpoint_variable(
+    no_lab: None, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from crilab import notebook
+
+    first = notebook.lab([BUSYBOX])
+    assert first.fake and "Using crilab's fake runtime" in capsys.readouterr().out
+    assert first.crictl_command() == first.runtime.crictl_command()
+    assert notebook.lab([BUSYBOX]) is first
+    assert f"Reusing crilab's fake runtime at {first.endpoint}" in capsys.readouterr().out
+
+    with FakeRuntime(images=[BUSYBOX]) as other:  # stands in for a real containerd
+        monkeypatch.setenv(ENDPOINT_ENV, other.endpoint)
+        real = notebook.lab()
+        out = capsys.readouterr().out
+        assert f"{ENDPOINT_ENV} changed (unset -> {other.endpoint})" in out
+        assert f"Using the runtime at {other.endpoint}" in out
+        assert not real.fake and real.endpoint == other.endpoint and real.host_network
+        assert not first.runtime.running  # the old fake was stopped, not leaked
+        ep = other.endpoint
+        assert real.crictl_command() == f"crictl --runtime-endpoint {ep} --image-endpoint {ep}"
+        assert notebook.lab() is real
+        assert "Reusing the runtime at" in capsys.readouterr().out
+
+        monkeypatch.setenv(ENDPOINT_ENV, "unix:///nonexistent/crilab-test.sock")
+        with pytest.raises(RuntimeUnavailable):
+            notebook.lab()
+        assert notebook._current is None  # no closed Lab left to be "reused"
+
+    monkeypatch.delenv(ENDPOINT_ENV)
+    back = notebook.lab([BUSYBOX])
+    assert back.fake and back.runtime.running
+    assert "Using crilab's fake runtime" in capsys.readouterr().out

@@ -14,7 +14,19 @@ from collections.abc import Mapping, Sequence
 
 from .stubs import api_pb2
 
-__all__ = ["container_config", "default_log_directory", "pod_config"]
+__all__ = [
+    "NOTEBOOK_LABELS",
+    "OWNER_LABEL",
+    "container_config",
+    "default_log_directory",
+    "pod_config",
+]
+
+#: The label on every pod the notebook helpers make (``lab.pod_config``, the lifecycle
+#: panel): ``lab.cleanup()`` removes those pods and never anyone else's, e.g. a real
+#: node's kube-system pods.
+OWNER_LABEL = "crilab.io/owner"
+NOTEBOOK_LABELS: dict[str, str] = {OWNER_LABEL: "notebook"}
 
 
 def default_log_directory() -> str:

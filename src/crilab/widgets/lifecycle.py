@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import ipywidgets as w
 
-from ..builders import container_config, pod_config
+from ..builders import NOTEBOOK_LABELS, container_config, pod_config
 from ..client import Client, connect
 from ..explanations import explain
 from ..stubs import api_pb2
@@ -204,6 +204,7 @@ class LifecyclePanel(w.VBox):
             f"lab-pod-{self._pods_made}",
             "crilab",
             uid=str(uuid.uuid4()),
+            labels=NOTEBOOK_LABELS,  # so lab.cleanup() may remove it, and nothing else
             host_network=self.host_network,
         )
         self.pod_config = config
