@@ -507,3 +507,45 @@ def test_lab_says_when_it_reuses_and_follows_the_endpoint_variable(
     back = notebook.lab([BUSYBOX])
     assert back.fake and back.runtime.running
     assert "Using crilab's fake runtime" in capsys.readouterr().out
+
+
+# -- where the builders put logs ----------------------------------------------------------
+
+_LOGS_IN_A_FRESH_PROCESS = """
+import os, stat, sys, time
+import crilab
+from crilab import builders
+from crilab.builders import container_config, pod_config
+
+own = pod_config("kept", log_directory=sys.argv[1])
+assert builders._log_dir is None, "a given log_directory must not make the default one"
+rt = crilab.FakeRuntime(images=["busybox"])
+client = crilab.connect(rt.endpoint)
+cfg = pod_config("web")
+pod = client.run_pod_sandbox(cfg)
+cid = client.create_container(pod, container_config("app", "busybox", ["echo", "hi"]), cfg)
+client.start_container(cid)
+deadline = time.monotonic() + 30
+while client.logs(cid) != ["hi"] and time.monotonic() < deadline:
+    time.sleep(0.05)
+base = builders.default_log_directory()
+print(base)
+print(oct(stat.S_IMODE(os.stat(base).st_mode)))
+print(client.container_status(cid).log_path)
+print(client.logs(cid))
+"""
+
+
+def test_builders_logs_go_to_a_private_directory_removed_at_exit(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _LOGS_IN_A_FRESH_PROCESS, str(tmp_path / "kept")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    base, mode, log_path, lines = done.stdout.splitlines()
+    assert mode == "0o700" and os.path.basename(base).startswith("crilab-logs-")
+    assert log_path.startswith(base + os.sep) and lines == "['hi']"
+    assert not os.path.exists(base)  # the process exited: its logs went with it

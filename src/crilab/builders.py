@@ -7,8 +7,11 @@ return is a plain ``api_pb2`` message that can be edited further.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 
@@ -29,11 +32,29 @@ OWNER_LABEL = "crilab.io/owner"
 NOTEBOOK_LABELS: dict[str, str] = {OWNER_LABEL: "notebook"}
 
 
+_log_lock = threading.Lock()
+_log_dir: tuple[int, str] | None = None  # (the process that made it, its path)
+
+
 def default_log_directory() -> str:
-    """A private directory for container logs (the kubelet uses /var/log/pods/...)."""
-    base = os.path.join(tempfile.gettempdir(), f"crilab-logs-{os.getuid()}")
-    os.makedirs(base, mode=0o700, exist_ok=True)
-    return base
+    """This process's private directory for container logs, removed when it exits.
+
+    The kubelet keeps pods' logs under /var/log/pods/...; a notebook's are scratch. One
+    fresh 0700 directory per process (made on first use), so two kernels never share one,
+    and nothing piles up in the temp directory once they have exited.
+    """
+    global _log_dir
+    with _log_lock:
+        if _log_dir is None or _log_dir[0] != os.getpid() or not os.path.isdir(_log_dir[1]):
+            path = tempfile.mkdtemp(prefix="crilab-logs-")
+            _log_dir = (os.getpid(), path)
+            atexit.register(_remove_log_directory, os.getpid(), path)
+        return _log_dir[1]
+
+
+def _remove_log_directory(pid: int, path: str) -> None:
+    if os.getpid() == pid:  # never a directory a parent process still uses
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def pod_config(
@@ -51,17 +72,20 @@ def pod_config(
     """A ``PodSandboxConfig`` like the kubelet's for a pod ``namespace/name``.
 
     ``uid`` defaults to a fresh UUID, as the API server assigns one per pod.
+    ``log_directory`` defaults to ``NAMESPACE_NAME_UID`` in ``default_log_directory()``
+    (removed when this process exits): give your own to keep the logs.
     ``host_network=True`` is what a real containerd here needs (no CNI network).
     """
     uid = uid or str(uuid.uuid4())
-    # The kubelet's layout: /var/log/pods/<namespace>_<name>_<uid>/<container>/<attempt>.log
-    pod_logs = os.path.join(default_log_directory(), f"{namespace}_{name}_{uid}")
+    if not log_directory:
+        # The kubelet's layout: /var/log/pods/<namespace>_<name>_<uid>/<container>/<attempt>.log
+        log_directory = os.path.join(default_log_directory(), f"{namespace}_{name}_{uid}")
     config = api_pb2.PodSandboxConfig(
         metadata=api_pb2.PodSandboxMetadata(
             name=name, namespace=namespace, uid=uid, attempt=attempt
         ),
         hostname=hostname,
-        log_directory=log_directory or pod_logs,
+        log_directory=log_directory,
         labels=dict(labels or {}),
         annotations=dict(annotations or {}),
     )
