@@ -26,6 +26,7 @@ _LAZY = {
     "Lognormal": "crilab.runtime.instrument",
     "Tap": "crilab.wiretap",
     "sequence_diagram": "crilab.wiretap",
+    "spawn_runtime": "crilab.spawned",
 }
 
 __all__ = ["__version__", *_LAZY]
