@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 
@@ -178,3 +179,84 @@ def test_status_code_names_in_errors(rt: FakeRuntime, client: Client) -> None:
     rt.inject_error("Version", grpc.StatusCode.RESOURCE_EXHAUSTED, times=1)
     s = measure(client.version, n=3, warmup=0)
     assert s.errors == {"RESOURCE_EXHAUSTED": 1}
+
+
+# -- several runs in one figure ------------------------------------------------------------
+
+LABELS = ["in-process, unix", "in-process, TCP", "in-process +2 ms", "separate process"]
+
+
+@pytest.fixture(scope="module")
+def four_runs(client: Client) -> list[Samples]:
+    """The comparisons a learner makes: transport, injected latency, another process."""
+    from crilab import spawn_runtime
+
+    with (
+        FakeRuntime("tcp://127.0.0.1:0") as tcp_rt,
+        connect(tcp_rt.endpoint) as tcp,
+        FakeRuntime() as slow_rt,
+        connect(slow_rt.endpoint) as slow,
+        spawn_runtime(timeout=60) as far_rt,
+        connect(far_rt.endpoint) as far,
+    ):
+        slow_rt.inject_latency(0.002, method="Version")
+        calls = [client.version, tcp.version, slow.version, far.version]
+        return [
+            measure(call, n=40, warmup=2, label=label)
+            for call, label in zip(calls, LABELS, strict=True)
+        ]
+
+
+def test_four_runs_measured(four_runs: list[Samples]) -> None:
+    assert [s.label for s in four_runs] == LABELS
+    assert all(s.count == 40 and not s.errors for s in four_runs)
+    assert four_runs[2].min >= 0.002  # every call of that run waited out the injected delay
+    rows = compare_table(four_runs)
+    assert [r["label"] for r in rows] == LABELS and rows[0]["ratio_p50"] == 1.0
+
+
+@pytest.mark.parametrize("as_list", [False, True], ids=["arguments", "one list"])
+@pytest.mark.parametrize(
+    ("plot", "xlabel", "ylabel"),
+    [
+        (plot_cdf, "latency (ms)", "fraction of calls ≤ latency"),
+        (plot_histogram, "latency (ms)", "calls"),
+        (plot_comparison, "percentile", "latency (ms)"),
+        (plot_timeseries, "time since start (s)", "latency (ms)"),
+    ],
+    ids=["cdf", "histogram", "comparison", "timeseries"],
+)
+def test_several_runs_in_one_figure(four_runs, plot, xlabel, ylabel, as_list: bool) -> None:
+    fig = plot(four_runs) if as_list else plot(*four_runs)
+    (ax,) = fig.axes
+    assert (ax.get_xlabel(), ax.get_ylabel()) == (xlabel, ylabel)
+    assert legend_texts(ax) == LABELS
+    series = ax.get_lines() if plot in (plot_cdf, plot_timeseries) else ax.containers
+    assert len(series) == 4
+    if plot is plot_comparison:
+        assert [len(bars.patches) for bars in series] == [2, 2, 2, 2]  # p50, p99 each
+    if plot is plot_histogram:
+        assert [sum(p.get_height() for p in bars.patches) for bars in series] == [40] * 4
+    if plot in (plot_cdf, plot_timeseries):
+        assert len({line.get_color() for line in series}) == 4  # each run its own colour
+    fig.canvas.draw()
+
+
+def test_log_histogram_keeps_fast_and_slow_runs_apart(four_runs: list[Samples]) -> None:
+    fig = plot_histogram(*four_runs, bins=30, log_x=True)
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log"
+    edges = [p.get_x() for p in ax.containers[0].patches]
+    ratios = {round(b / a, 6) for a, b in itertools.pairwise(edges)}
+    assert len(ratios) == 1  # bins of equal ratio
+    assert [sum(p.get_height() for p in c.patches) for c in ax.containers] == [40] * 4
+    fig.canvas.draw()
+
+
+def test_plots_refuse_what_is_not_samples(four_runs: list[Samples]) -> None:
+    with pytest.raises(TypeError, match="percentiles= by keyword"):
+        plot_comparison(four_runs, (50, 90))
+    with pytest.raises(TypeError, match="plots Samples"):
+        plot_cdf([0.001, 0.002])
+    fig = plot_comparison(four_runs, percentiles=(50, 90, 99))
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["p50", "p90", "p99"]

@@ -9,6 +9,9 @@ once to show what concurrency does to throughput and to the tail::
     four = measure(client.version, n=200, concurrency=4, label="Version x4")
     compare_table([one, four]); plot_cdf(one, four)
 
+Every plot takes any number of runs, as arguments or as one list (``plot_cdf(a, b, c)`` or
+``plot_cdf(runs)``): in-process against ``crilab.spawn_runtime()``, unix against TCP, with
+and without injected latency. Each run keeps its colour and its label across the plots.
 The plots use matplotlib, imported only when you plot, and return the Figure
 (never ``plt.show()``) so notebooks display it and tests can inspect it.
 """
@@ -301,6 +304,23 @@ def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Any, Any]:
     return fig, ax
 
 
+def _runs(given: Sequence[Samples | Sequence[Samples]], what: str) -> list[Samples]:
+    """The runs to plot, from ``f(a, b)`` or ``f([a, b])``, with a clear error otherwise."""
+    runs: list[Samples] = []
+    for item in given:
+        if isinstance(item, Samples):
+            runs.append(item)
+        elif isinstance(item, Sequence) and all(isinstance(x, Samples) for x in item):
+            runs.extend(item)
+        else:
+            raise TypeError(
+                f"{what}() plots Samples (what measure() returns), given as arguments or as "
+                f"one list; got {type(item).__name__}"
+                + (" (give percentiles= by keyword)" if what == "plot_comparison" else "")
+            )
+    return runs
+
+
 def _name(s: Samples, index: int) -> str:
     return s.label or f"samples {index + 1}"
 
@@ -309,23 +329,36 @@ def _ms(values: Sequence[float]) -> list[float]:
     return [v * 1000 for v in values]
 
 
-def plot_histogram(*samples: Samples, bins: int = 50) -> Any:
-    """How latencies are spread: one histogram per Samples, on shared bins."""
+def plot_histogram(
+    *samples: Samples | Sequence[Samples], bins: int = 50, log_x: bool = False
+) -> Any:
+    """How latencies are spread: one histogram per Samples, on shared bins.
+
+    ``log_x``: bins of equal ratio on a log axis, so a 0.3 ms run and a 5 ms one
+    (an injected delay, a separate process) both keep their shape.
+    """
+    runs = _runs(samples, "plot_histogram")
     fig, ax = _new_axes("Latency distribution", "latency (ms)", "calls")
-    every = [v for s in samples for v in _ms(s.latencies)]
+    every = [v for s in runs for v in _ms(s.latencies)]
     if every:
         low, high = min(every), max(every)
-        edges = [low + (high - low) * i / bins for i in range(bins + 1)] if high > low else bins
-        for i, s in enumerate(samples):
+        edges: list[float] | int = bins
+        if high > low and log_x and low > 0:
+            edges = [low * (high / low) ** (i / bins) for i in range(bins + 1)]
+            ax.set_xscale("log")
+        elif high > low:
+            edges = [low + (high - low) * i / bins for i in range(bins + 1)]
+        for i, s in enumerate(runs):
             ax.hist(_ms(s.latencies), bins=edges, alpha=0.5, label=_name(s, i))
         ax.legend()
     return fig
 
 
-def plot_cdf(*samples: Samples, log_x: bool = False) -> Any:
+def plot_cdf(*samples: Samples | Sequence[Samples], log_x: bool = False) -> Any:
     """The fraction of calls at or under each latency: percentiles read straight off."""
+    runs = _runs(samples, "plot_cdf")
     fig, ax = _new_axes("Latency CDF", "latency (ms)", "fraction of calls ≤ latency")
-    for i, s in enumerate(samples):
+    for i, s in enumerate(runs):
         xs = sorted(_ms(s.latencies))
         ys = [(k + 1) / len(xs) for k in range(len(xs))]
         ax.step(xs, ys, where="post", label=_name(s, i))
@@ -338,9 +371,13 @@ def plot_cdf(*samples: Samples, log_x: bool = False) -> Any:
 
 
 def plot_comparison(
-    samples_list: Sequence[Samples], percentiles: Sequence[float] = (50, 99)
+    *samples: Samples | Sequence[Samples], percentiles: Sequence[float] = (50, 99)
 ) -> Any:
-    """p50 and p99 side by side: one bar per Samples in each percentile group."""
+    """p50 and p99 side by side: one bar per Samples in each percentile group.
+
+    ``plot_comparison(runs)`` or ``plot_comparison(a, b, c)``; ``percentiles`` by keyword.
+    """
+    samples_list = _runs(samples, "plot_comparison")
     fig, ax = _new_axes("Latency percentiles", "percentile", "latency (ms)")
     count = max(len(samples_list), 1)
     width = 0.8 / count
@@ -354,10 +391,11 @@ def plot_comparison(
     return fig
 
 
-def plot_timeseries(*samples: Samples) -> Any:
+def plot_timeseries(*samples: Samples | Sequence[Samples]) -> Any:
     """Each call's latency against when it started: warm-up effects and hiccups show."""
+    runs = _runs(samples, "plot_timeseries")
     fig, ax = _new_axes("Latency over time", "time since start (s)", "latency (ms)")
-    for i, s in enumerate(samples):
+    for i, s in enumerate(runs):
         ax.plot(s.started, _ms(s.latencies), marker=".", linestyle="none", label=_name(s, i))
     ax.legend()
     return fig
