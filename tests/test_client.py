@@ -512,13 +512,13 @@ def test_lab_says_when_it_reuses_and_follows_the_endpoint_variable(
 # -- where the builders put logs ----------------------------------------------------------
 
 _LOGS_IN_A_FRESH_PROCESS = """
-import os, stat, sys, time
+import os, stat, sys, tempfile, time
 import crilab
 from crilab import builders
 from crilab.builders import container_config, pod_config
 
 own = pod_config("kept", log_directory=sys.argv[1])
-assert builders._log_dir is None, "a given log_directory must not make the default one"
+assert not builders._log_dirs, "a given log_directory must not make the default one"
 rt = crilab.FakeRuntime(images=["busybox"])
 client = crilab.connect(rt.endpoint)
 cfg = pod_config("web")
@@ -533,19 +533,22 @@ print(base)
 print(oct(stat.S_IMODE(os.stat(base).st_mode)))
 print(client.container_status(cid).log_path)
 print(client.logs(cid))
+tempfile.tempdir = sys.argv[2]  # as the tests that keep files in their own tmp do
+print(builders.default_log_directory())
 """
 
 
 def test_builders_logs_go_to_a_private_directory_removed_at_exit(tmp_path) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", _LOGS_IN_A_FRESH_PROCESS, str(tmp_path / "kept")],
+        [sys.executable, "-c", _LOGS_IN_A_FRESH_PROCESS, str(tmp_path / "kept"), str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    base, mode, log_path, lines = done.stdout.splitlines()
+    base, mode, log_path, lines, moved = done.stdout.splitlines()
     assert mode == "0o700" and os.path.basename(base).startswith("crilab-logs-")
     assert log_path.startswith(base + os.sep) and lines == "['hi']"
-    assert not os.path.exists(base)  # the process exited: its logs went with it
+    assert os.path.dirname(moved) == str(tmp_path)  # a new temp dir, a new log directory
+    assert not os.path.exists(base) and not os.path.exists(moved)  # gone with the process

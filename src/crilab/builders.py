@@ -33,7 +33,9 @@ NOTEBOOK_LABELS: dict[str, str] = {OWNER_LABEL: "notebook"}
 
 
 _log_lock = threading.Lock()
-_log_dir: tuple[int, str] | None = None  # (the process that made it, its path)
+#: (process, temp dir) -> the log directory made there: a fork or a changed
+#: ``tempfile.tempdir`` (tests point it at their own tmp) gets a directory of its own.
+_log_dirs: dict[tuple[int, str], str] = {}
 
 
 def default_log_directory() -> str:
@@ -43,13 +45,13 @@ def default_log_directory() -> str:
     fresh 0700 directory per process (made on first use), so two kernels never share one,
     and nothing piles up in the temp directory once they have exited.
     """
-    global _log_dir
+    key = (os.getpid(), tempfile.gettempdir())
     with _log_lock:
-        if _log_dir is None or _log_dir[0] != os.getpid() or not os.path.isdir(_log_dir[1]):
-            path = tempfile.mkdtemp(prefix="crilab-logs-")
-            _log_dir = (os.getpid(), path)
-            atexit.register(_remove_log_directory, os.getpid(), path)
-        return _log_dir[1]
+        path = _log_dirs.get(key)
+        if path is None or not os.path.isdir(path):
+            path = _log_dirs[key] = tempfile.mkdtemp(prefix="crilab-logs-", dir=key[1])
+            atexit.register(_remove_log_directory, key[0], path)
+        return path
 
 
 def _remove_log_directory(pid: int, path: str) -> None:
