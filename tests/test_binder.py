@@ -64,8 +64,9 @@ def test_repo2docker_reads_the_configuration(tmp_path: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if (ROOT / name).is_file():
             shutil.copy2(ROOT / name, dest)
+    # BinderHub builds for jovyan, uid 1000; without these repo2docker uses the caller's uid
     done = subprocess.run(
-        [r2d, "--no-build", "--debug", str(repo)],
+        [r2d, "--no-build", "--debug", "--user-id", "1000", "--user-name", "jovyan", str(repo)],
         capture_output=True,
         text=True,
         timeout=150,
@@ -74,7 +75,9 @@ def test_repo2docker_reads_the_configuration(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     dockerfile = done.stdout + done.stderr
     assert "python=3.11" in dockerfile or "python-3.11" in dockerfile
-    copy_repo = dockerfile.index("COPY --chown=0:0 src/ ${REPO_DIR}/")
+    copy_repo = re.search(r"^COPY --chown=(\d+):(\d+) src/ \$\{REPO_DIR\}/$", dockerfile, re.M)
+    assert copy_repo, "repo2docker copies the whole repository (src/ is its build context)"
+    assert copy_repo.groups() == ("1000", "1000"), "owned by the notebook user, as on Binder"
     install = dockerfile.index('pip install --no-cache-dir -r "binder/requirements.txt"')
-    assert copy_repo < install, "the repository is copied before `.` is installed"
+    assert copy_repo.start() < install, "the repository is copied before `.` is installed"
     assert "./binder/postBuild" in dockerfile
