@@ -81,3 +81,40 @@ def test_repo2docker_reads_the_configuration(tmp_path: Path) -> None:
     install = dockerfile.index('pip install --no-cache-dir -r "binder/requirements.txt"')
     assert copy_repo.start() < install, "the repository is copied before `.` is installed"
     assert "./binder/postBuild" in dockerfile
+
+
+@pytest.mark.timeout(240)
+def test_the_package_ships_its_license_notice_protos_and_one_version(tmp_path: Path) -> None:
+    """What ``pip install .`` (Binder's last requirement) builds: the wheel, as hatch makes it."""
+    import importlib.metadata
+    import zipfile
+
+    import crilab
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"], (
+        "the version is written once, in src/crilab/__init__.py"
+    )
+    assert importlib.metadata.version("crilab") == crilab.__version__
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    [wheel] = tmp_path.glob("crilab-*.whl")
+    info = f"crilab-{crilab.__version__}.dist-info"
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        metadata = z.read(f"{info}/METADATA").decode()
+        license_text = z.read(f"{info}/licenses/LICENSE").decode()
+        notice = z.read(f"{info}/licenses/NOTICE").decode()
+    assert f"\nVersion: {crilab.__version__}\n" in metadata
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert "END OF TERMS AND CONDITIONS" in license_text
+    assert "The Kubernetes Authors" in notice and "The gRPC Authors" in notice
+    assert {"crilab/proto/api.proto", "crilab/proto/helloworld.proto"} <= names
+    assert not any(n.endswith(("_pb2.py", "_pb2_grpc.py")) for n in names), "stubs are generated"
