@@ -362,7 +362,7 @@ def test_cli_help_lists_every_subcommand() -> None:
 
     parser = build_parser()
     [sub] = [a for a in parser._actions if isinstance(a.choices, dict)]
-    assert set(sub.choices) == SUBCOMMANDS, "a new subcommand: add it here"
+    assert set(sub.choices) == SUBCOMMANDS, "a new subcommand: add it here and to the README"
     done = crilab_cli("--help")
     assert done.returncode == 0
     listed = {line.split()[0] for line in done.stdout.splitlines() if line.startswith("    ")}
@@ -371,3 +371,6 @@ def test_cli_help_lists_every_subcommand() -> None:
         own = crilab_cli(command, "--help")
         assert own.returncode == 0, own.stderr
         assert own.stdout.startswith(f"usage: crilab {command}")
+    readme = (ROOT / "README.md").read_text()
+    for command in sorted(SUBCOMMANDS):
+        assert f"crilab {command}" in readme, f"README never mentions `crilab {command}`"
