@@ -88,8 +88,11 @@ def lab(tmp_path_factory) -> Iterator[str]:
     ]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
+    scratch = home / "tmp"  # the kernels' temp dir: what they leave behind is seen here
+    scratch.mkdir()
     env = {
         **os.environ,
+        "TMPDIR": str(scratch),
         "JUPYTER_CONFIG_DIR": str(home / "config"),
         "JUPYTERLAB_SETTINGS_DIR": str(settings),
         "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
@@ -113,6 +116,11 @@ def lab(tmp_path_factory) -> Iterator[str]:
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+    # the kernel stopped with the server, and its runtime with it: no socket or state dir left
+    # (container logs go to crilab-logs-UID, builders.pod_config's default log_directory,
+    # which outlives the kernel: not checked here)
+    left = sorted(p.name for p in scratch.iterdir() if p.name != f"crilab-logs-{os.getuid()}")
+    assert not left, f"left behind in the kernels' temp dir: {left}"
 
 
 def test_lifecycle_panel_in_a_real_browser(lab: str) -> None:
