@@ -152,6 +152,9 @@ def write_readme(path: Path) -> None:
     results = _restore(load(path))
     if not results["sections"]:
         raise SystemExit(f"{path.name} has no results yet: run the benchmarks first")
+    for name, section in results["sections"].items():
+        if name in SECTIONS:  # the description as the code says it now, not as it was
+            section["about"] = about(SECTIONS[name])
     report.write_readme(results, README)
     drew = report.write_plot(results, PLOT)
     print(f"wrote {README.name}" + (f" and {PLOT.name}" if drew else " (no latency rows: no plot)"))

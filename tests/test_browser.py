@@ -1,13 +1,16 @@
 """End to end in a real browser: JupyterLab in headless Chromium, the lifecycle panel clicked.
 
-JupyterLab starts on a free port; Debian's ``chromium``, driven by Playwright (no downloaded
-browser), opens the pod-lifecycle notebook, runs it, clicks the panel's buttons and checks what
-the page shows: the table's pod and container moving through their states. Screenshots are saved
-in ``test-artifacts/`` for a human to look at.
+JupyterLab starts on a free port, serving a temporary copy of ``notebooks/`` (autosave and
+checkpoints never touch the tracked files) with its own settings: no news or update pop-up
+covers the page. Debian's ``chromium``, driven by Playwright (no downloaded browser), opens
+the pod-lifecycle notebook, runs it, clicks the panel's buttons and checks what the page shows:
+the table's pod and container moving through their states. Screenshots are saved in
+``test-artifacts/`` for a human to look at.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -18,7 +21,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -28,6 +30,14 @@ pytestmark = pytest.mark.timeout(420)
 
 NOTEBOOK = "04-pod-lifecycle.ipynb"
 ARTIFACTS = ROOT / "test-artifacts"
+# A fresh JupyterLab asks "get notified about official Jupyter news?" in a toast that can
+# cover the notebook: answer it in the settings, as a user who clicked "No" would have.
+LAB_SETTINGS = {
+    "@jupyterlab/apputils-extension:notification": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+    },
+}
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -55,6 +65,13 @@ def lab(tmp_path_factory) -> Iterator[str]:
         pytest.fail(f"notebooks/{NOTEBOOK} is missing")
     port, token = _free_port(), secrets.token_hex(16)
     home = tmp_path_factory.mktemp("labhome")
+    served = home / "notebooks"  # a copy: autosave may write outputs into what it serves
+    shutil.copytree(ROOT / "notebooks", served, ignore=shutil.ignore_patterns(".*"))
+    settings = home / "settings"
+    for plugin, values in LAB_SETTINGS.items():
+        path = settings / f"{plugin.replace(':', '/')}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
     cmd = [
         sys.executable,
         "-m",
@@ -64,17 +81,20 @@ def lab(tmp_path_factory) -> Iterator[str]:
         f"--port={port}",
         "--ip=127.0.0.1",
         f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={ROOT / 'notebooks'}",
+        f"--ServerApp.root_dir={served}",
         "--LabApp.expose_app_in_browser=True",
         "--LabApp.news_url=",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
+    scratch = home / "tmp"  # the kernels' temp dir: what they leave behind is seen here
+    scratch.mkdir()
     env = {
         **os.environ,
+        "TMPDIR": str(scratch),
         "JUPYTER_CONFIG_DIR": str(home / "config"),
-        "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
         "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
     }
     log = (home / "lab.log").open("w")
@@ -96,6 +116,11 @@ def lab(tmp_path_factory) -> Iterator[str]:
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+    # the kernel stopped with the server, and its runtime with it: no socket or state dir left
+    # (container logs go to crilab-logs-UID, builders.pod_config's default log_directory,
+    # which outlives the kernel: not checked here)
+    left = sorted(p.name for p in scratch.iterdir() if p.name != f"crilab-logs-{os.getuid()}")
+    assert not left, f"left behind in the kernels' temp dir: {left}"
 
 
 def test_lifecycle_panel_in_a_real_browser(lab: str) -> None:
@@ -119,6 +144,7 @@ def test_lifecycle_panel_in_a_real_browser(lab: str) -> None:
             page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
             panel = page.locator(".crilab-lifecycle-panel").first
             expect(panel).to_be_visible(timeout=180_000)
+            expect(page.get_by_text("official Jupyter news")).to_have_count(0)
             panel.scroll_into_view_if_needed()
             page.screenshot(path=str(ARTIFACTS / "browser-1-panel.png"))
 
@@ -159,6 +185,20 @@ def test_lifecycle_panel_in_a_real_browser(lab: str) -> None:
     assert (ARTIFACTS / "browser-2-running.png").stat().st_size > 10_000
 
 
-def test_artifacts_dir_is_ignored_by_git() -> None:
-    assert "test-artifacts/" in (ROOT / ".gitignore").read_text()
-    assert Path(ROOT / ".gitignore").is_file()
+def test_what_the_tests_leave_is_ignored_by_git() -> None:
+    """Screenshots and a lab's checkpoints never show up as changes to commit."""
+    git = shutil.which("git")
+    require(git and (ROOT / ".git").exists(), "needs git and a git checkout")
+    assert git is not None
+    left = [
+        "test-artifacts/browser-last.png",
+        "notebooks/.ipynb_checkpoints/04-pod-lifecycle-checkpoint.ipynb",
+    ]
+    done = subprocess.run(
+        [git, "check-ignore", "--no-index", *left], cwd=ROOT, capture_output=True, text=True
+    )
+    assert sorted(done.stdout.split()) == sorted(left), done.stderr
+    kept = subprocess.run(
+        [git, "check-ignore", "--no-index", f"notebooks/{NOTEBOOK}"], cwd=ROOT, capture_output=True
+    )
+    assert kept.returncode == 1, "the notebooks themselves are tracked, not ignored"

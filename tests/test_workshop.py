@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import report_figure
+
 LEARNERS = 30
 pytestmark = pytest.mark.timeout(300)
 
@@ -97,5 +99,11 @@ def test_thirty_kernels_each_with_a_private_runtime(
             assert not Path(endpoint.removeprefix("unix://")).exists()
         assert list((tmp_path / "crilab").iterdir()) == [], "sockets or dirs left behind"
     rss = sorted(r["rss_kib"] for r in got)
-    record_property("fake_runtime_rss_kib_median", rss[len(rss) // 2])
-    print(f"\n{transport}: a FakeRuntime adds {rss[len(rss) // 2] / 1024:.1f} MiB RSS (median)")
+    median = rss[len(rss) // 2]
+    report_figure(
+        record_property,
+        f"fake_runtime_rss_kib_median_{transport}",
+        median,
+        f"workshop ({LEARNERS} kernels, {transport}): a FakeRuntime adds {median / 1024:.1f} MiB "
+        f"RSS to a kernel (median; range {rss[0] / 1024:.1f}-{rss[-1] / 1024:.1f} MiB)",
+    )

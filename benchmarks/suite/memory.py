@@ -1,10 +1,11 @@
 """Section ``memory``: RSS of a ``crilab serve`` process as calls accumulate.
 
 The fake records every call in a history bounded to 10,000 calls (the default),
-so RSS should climb while the history fills and then stay flat. Version is the
-brief's case. ListContainers of 100 containers is the same bound with bigger
-replies: the history keeps every reply under 64 KiB, so it is bounded in calls
-but not in bytes.
+so RSS should climb while the history fills and then stay flat. Version, the
+smallest call, shows what the history's own bookkeeping costs per call.
+ListContainers of 100 containers has bigger answers: the history keeps each
+request and answer under 64 KiB, and all of them together within a byte budget
+(older ones become size notes), so it is bounded in bytes as well as in calls.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from crilab.runtime.instrument import KEEP_RESPONSE_BYTES, KEEP_TOTAL_BYTES
 from crilab.stubs import api_pb2
 
 from .common import (
@@ -109,6 +111,9 @@ def run(settings: Settings) -> dict[str, Any]:
     ]
     notes = [
         f"`crilab serve` with the default history ({HISTORY:,} calls); one client thread.",
+        f"The history keeps a request or answer of at most {KEEP_RESPONSE_BYTES // 1024} KiB, "
+        f"and {KEEP_TOTAL_BYTES / 2**20:.0f} MiB of them in all; past that, older ones are "
+        "replaced by a note of their size.",
         f"flat: RSS grew at most {FLAT_MIB:g} MiB between the {HISTORY:,}th call and the last.",
         "KiB per kept call: RSS growth while the history fills, over the calls it keeps.",
     ]

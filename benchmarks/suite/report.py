@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import format_cell, markdown_table
+from .notebooks import NOTEBOOK_DIR
 
 TITLES = {
     "latency": "Latency: the fake vs an empty grpcio servicer",
@@ -74,11 +75,25 @@ def _section(name: str, section: dict[str, Any]) -> str:
         parts.append(markdown_table(section["rows"], [tuple(c) for c in section["columns"]]))
         parts.append("")
     parts += [f"- {note}" for note in section.get("notes", [])]
+    if name == "notebooks":
+        parts += [f"- {note}" for note in _unmeasured_notebooks(section)]
     if section.get("seconds") is not None:
         parts.append(f"- Section run time: {section['seconds']:.0f} s.")
     if name == "latency":
         parts += ["", "![latency: fake vs empty](latency.png)"]
     return "\n".join(parts)
+
+
+def _unmeasured_notebooks(section: dict[str, Any]) -> list[str]:
+    """A note naming the notebooks in notebooks/ that these results do not cover."""
+    measured = {row.get("notebook") for row in section.get("rows", [])}
+    missing = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb") if p.name not in measured)
+    if not missing:
+        return []
+    return [
+        f"Not measured in this run (added since): {', '.join(missing)}; "
+        "`benchmarks/run.py --only notebooks` measures every notebook in notebooks/."
+    ]
 
 
 def write_readme(results: dict[str, Any], path: Path) -> None:

@@ -1,7 +1,10 @@
-"""Section ``wiretap``: the rows of ``benchmarks/wiretap_overhead.py``, when it exists.
+"""Section ``wiretap``: the cost of a wiretap between a client and the fake.
 
-That module (written separately) exposes ``run() -> list[dict]``; if its
-``run`` takes a ``quick`` argument, ``--quick`` is passed on.
+The rows come from ``benchmarks/wiretap_overhead.py`` (its ``run()``; the file
+also runs on its own): Version calls straight to the fake and through
+``crilab.wiretap`` (what ``crilab tap`` runs), interleaved, with the wiretap's
+p50 and p99 as ratios of the direct ones, the calls it captured, and the time
+it spends decoding each call's frames.
 """
 
 from __future__ import annotations

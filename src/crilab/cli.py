@@ -1,4 +1,4 @@
-"""The ``crilab`` command: ``crilab gen`` and ``crilab serve``."""
+"""The ``crilab`` command: ``crilab gen``, ``crilab serve`` and ``crilab tap``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,14 @@ from pathlib import Path
 def _cmd_gen(args: argparse.Namespace) -> int:
     from . import stubs
 
-    names = args.proto or stubs.proto_names()
     try:
+        names = args.proto or stubs.proto_names()
+        if not names:
+            raise FileNotFoundError(
+                f"no .proto files in {stubs.proto_dir()}: point CRILAB_PROTO_DIR at the folder "
+                "that holds api.proto (or unset it to use crilab's own)"
+            )
+        stubs.remove_stale_temporaries()
         if args.check or not args.out:
             for name in names:
                 started = time.perf_counter()
@@ -43,8 +49,23 @@ def _cmd_tap(args: argparse.Namespace) -> int:
     from .endpoints import EndpointError
     from .wiretap import wiretap
 
+    if args.upstream and args.upstream_option and args.upstream != args.upstream_option:
+        print(
+            f"crilab tap: two upstreams given ({args.upstream} and --upstream "
+            f"{args.upstream_option}): give one",
+            file=sys.stderr,
+        )
+        return 2
+    upstream = args.upstream or args.upstream_option
+    if not upstream:
+        print(
+            "crilab tap: say which server to tap: crilab tap ENDPOINT "
+            "(or --upstream ENDPOINT), e.g. unix:///run/containerd/containerd.sock",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        tap = wiretap(args.upstream, listen=args.listen, capacity=args.capacity)
+        tap = wiretap(upstream, listen=args.listen, capacity=args.capacity)
     except EndpointError as exc:
         print(f"crilab tap: {exc}", file=sys.stderr)
         return 2
@@ -85,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", type=Path, help="write plain stubs here (import api_pb2 works)")
     gen.add_argument(
         "--proto",
-        action="append",
+        nargs="+",
+        action="extend",
         metavar="NAME",
-        help="only this proto (api, helloworld); repeat for more",
+        help="only these protos (api, helloworld): --proto api helloworld, or repeat --proto",
     )
     gen.add_argument(
         "--check", action="store_true", help="fill crilab's stub cache and say where it is"
@@ -121,17 +143,43 @@ def build_parser() -> argparse.ArgumentParser:
         "HTTP/2 frames; on Ctrl-C or SIGTERM, list the calls (and write the capture as JSON).",
     )
     tap.add_argument(
-        "upstream", metavar="ENDPOINT", help="the server: unix:///path.sock or tcp://HOST:PORT"
+        "upstream",
+        nargs="?",
+        metavar="ENDPOINT",
+        help="the server: unix:///path.sock or tcp://HOST:PORT",
+    )
+    tap.add_argument(
+        "--upstream",
+        dest="upstream_option",
+        metavar="ENDPOINT",
+        help="the same as the ENDPOINT argument",
     )
     tap.add_argument(
         "--listen",
         metavar="ENDPOINT",
         help="where clients connect (default: a private unix socket)",
     )
-    tap.add_argument("--capacity", type=int, default=10_000, help="frames kept (default 10000)")
+    tap.add_argument(
+        "--capacity",
+        type=_positive_int,
+        default=10_000,
+        metavar="FRAMES",
+        help="frames kept, oldest dropped first (default 10000)",
+    )
     tap.add_argument("--json", type=Path, metavar="FILE", help="write the capture as JSON on exit")
     tap.set_defaults(func=_cmd_tap)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse turns the error into usage)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small: keep at least 1 frame")
+    return value
 
 
 def _version() -> str:

@@ -7,8 +7,9 @@ Every module and notebook gets its stubs the same way::
 
 The first import runs ``grpc_tools.protoc`` on the ``.proto`` file and writes
 ``NAME_pb2.py``, ``NAME_pb2_grpc.py`` and ``NAME_pb2.pyi`` into a cache directory
-whose name is a hash of the proto's bytes and the protoc/protobuf versions, so
-an edited proto gets fresh stubs and an unchanged one is never regenerated.
+whose name is a hash of the proto's bytes, the protoc/protobuf versions and the
+version of crilab's own edit of the generated code, so an edited proto gets
+fresh stubs and an unchanged one is never regenerated.
 Stubs are never committed: the proto is the single source of truth.
 
 Why a cache and not a build step: a learner may edit a proto in a notebook and
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -39,21 +41,40 @@ __all__ = [
     "load",
     "proto_dir",
     "proto_names",
+    "remove_stale_temporaries",
     "write_stubs",
 ]
 
 _SUFFIXES = ("_pb2", "_pb2_grpc")
+# Bump when the rewrite of the generated code (``_IMPORT`` below) changes: it is part
+# of the cache key, so stubs written by an older crilab are never reused.
+_REWRITE_VERSION = "1"
+# A generation's temporary folder older than this was left by a process that died
+# mid-way (protoc takes well under a second): it is safe to remove.
+_STALE_TEMP_SECONDS = 600
 _lock = threading.RLock()
 # proto name -> key of the stubs this process imported (protobuf's descriptor
 # pool cannot take a changed file twice, so the first key wins until restart).
 _loaded_keys: dict[str, str] = {}
 
 
-class ProtoError(RuntimeError):
+class _MessageOnly:
+    """An error whose message says it all: IPython shows the message, not a traceback.
+
+    IPython calls ``_render_traceback_`` when an exception has it; a learner who
+    broke a proto sees protoc's ``file:line: message`` instead of frames of crilab.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        head, *rest = str(self).splitlines() or [""]
+        return [f"{type(self).__name__}: {head}", *rest]
+
+
+class ProtoError(_MessageOnly, RuntimeError):
     """protoc rejected a .proto file; the message is protoc's, with file and line."""
 
 
-class ProtoChangedError(RuntimeError):
+class ProtoChangedError(_MessageOnly, RuntimeError):
     """The proto changed after this process imported its stubs."""
 
 
@@ -61,6 +82,11 @@ def proto_dir() -> Path:
     """Where the ``.proto`` files are: ``$CRILAB_PROTO_DIR``, the wheel, or the repository."""
     override = os.environ.get("CRILAB_PROTO_DIR")
     if override:
+        if not os.path.isdir(override):
+            raise FileNotFoundError(
+                f"CRILAB_PROTO_DIR={override} is not a directory: point it at a folder of "
+                ".proto files (or unset it to use crilab's own)"
+            )
         return Path(override)
     here = Path(__file__).resolve().parent
     for candidate in (here / "proto", here.parent.parent / "proto"):
@@ -107,7 +133,7 @@ def _source(name: str) -> _Source:
         known = ", ".join(proto_names()) or "none"
         raise ModuleNotFoundError(f"no proto named {name!r} in {path.parent} (known: {known})")
     digest = hashlib.sha256(path.read_bytes())
-    digest.update(_toolchain_version().encode())
+    digest.update(f"{_toolchain_version()};rewrite={_REWRITE_VERSION}".encode())
     return _Source(name, path, digest.hexdigest()[:16])
 
 
@@ -143,6 +169,7 @@ def write_stubs(name: str, out: Path | str) -> list[Path]:
 
 
 _IMPORT = re.compile(r"^import (\w+_pb2) as (\w+)$", re.MULTILINE)
+_TEMP_NAME = re.compile(r"\.[\w-]+-[a-z0-9_]{8}")  # tempfile.mkdtemp(prefix=".NAME-")
 
 
 def generate(name: str) -> Path:
@@ -158,6 +185,7 @@ def generate(name: str) -> Path:
     if (final / f"{name}_pb2_grpc.py").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         _run_protoc(src.path, tmp)
@@ -175,6 +203,36 @@ def generate(name: str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def remove_stale_temporaries(root: Path | None = None) -> list[Path]:
+    """Remove generation folders (``.NAME-*``) that a crashed process left in the cache.
+
+    Only folders named like ``generate``'s temporaries and untouched for
+    ``_STALE_TEMP_SECONDS`` go: a generation under way in another process is young,
+    and finished stubs (``NAME-KEY``) never start with a dot. Returns what was removed.
+    """
+    root = cache_dir() if root is None else root
+    cutoff = time.time() - _STALE_TEMP_SECONDS
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _TEMP_NAME.fullmatch(entry.name):
+            continue
+        try:
+            # a folder, not a link to one, and old: only then is it ours and abandoned
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                continue
+        except OSError:
+            continue  # gone meanwhile: another process cleaned it or renamed it
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(Path(entry.path))
+    return removed
 
 
 def load(module: str) -> ModuleType:
