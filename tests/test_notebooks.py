@@ -11,7 +11,12 @@ For each ``notebooks/*.ipynb`` (a new notebook is picked up by the glob):
   ``serving on <endpoint>`` (the convention for a cell that starts a server) does so again;
 * run with ``solution_source(ID)`` in each exercise cell, every check says "Solved";
 * the outputs hold the strings listed for it in ``EXPECT`` (what the notebook is about);
-* once its kernel has shut down, no unix socket it printed (``unix:///...``) is left.
+* once its kernel has shut down, no unix socket it printed (``unix:///...``) is left;
+* it reads as ``shared/NOTEBOOKS.md`` asks, where that is objective (``test_shape_*``, not
+  slow: no kernel): a title with What you will learn (3-5 bullets), Before you start and
+  Time; numbered sections; one import cell, the first code cell, that imports crilab's
+  public face only; short code cells; each exercise cell followed by its check; bold
+  **Try it** prompts; a Recap and a Going further that names the next notebook.
 
 Per-notebook expectations live in ``EXPECT``; a notebook without an entry gets ``Expect()``.
 Execution times are recorded as the ``execution_seconds`` property and printed at the end
@@ -20,6 +25,7 @@ of the session.
 
 from __future__ import annotations
 
+import ast
 import copy
 import os
 import re
@@ -29,14 +35,16 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from IPython.core.inputtransformer2 import TransformerManager
 from nbclient import NotebookClient
 
 from crilab.exercises import exercise_ids, solution_source
 
 from .conftest import ROOT
 
-#: Part of ``make test``; ``-m "not slow"`` leaves them out of a quick local run.
-pytestmark = pytest.mark.slow
+#: The tests that execute notebooks are part of ``make test``; ``-m "not slow"`` leaves them
+#: out of a quick local run (the ``test_shape_*`` ones only read the files, and stay in).
+slow = pytest.mark.slow
 
 NOTEBOOKS = ROOT / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -97,6 +105,8 @@ EXPECT: dict[str, Expect] = {
             "`GetContainerEvents` | GetEventsRequest → ContainerEventResponse | server streaming",
             "RuntimeService | server streaming | 6",
             "a socket: True | mode: 0o600",
+            "RuntimeUnavailable",  # a wrong endpoint, on purpose
+            "there is no socket at /run/nothing.sock",
             "runtime_api_version | `v1`",
             "first call: Version",
             "all calls:  ['Version']",
@@ -162,6 +172,7 @@ EXPECT: dict[str, Expect] = {
             "calls: ListPodSandbox → RunPodSandbox → ListContainers → ImageStatus → "
             "CreateContainer → StartContainer",
             "did:   nothing, the node already matches",
+            "web | app | 0 | CONTAINER_RUNNING |",
             "web | app | 0 | CONTAINER_EXITED | 137 (Error)",
             "attempt 0 exited with 1 (Error)",
             "did:   started job/task attempt 2",
@@ -348,6 +359,7 @@ def _statuses(run_nb) -> list[tuple[str, str]]:
     return found
 
 
+@slow
 @notebooks
 def test_runs_as_shipped_and_every_check_says_not_solved(path: Path, run_notebook) -> None:
     run = run_notebook(path, solved=False)
@@ -355,6 +367,7 @@ def test_runs_as_shipped_and_every_check_says_not_solved(path: Path, run_noteboo
     assert statuses and all(status == "not solved" for _, status in statuses), statuses
 
 
+@slow
 @notebooks
 def test_reference_solutions_solve_every_exercise(path: Path, run_notebook) -> None:
     run = run_notebook(path, solved=True)
@@ -362,6 +375,7 @@ def test_reference_solutions_solve_every_exercise(path: Path, run_notebook) -> N
     assert statuses and all(status == "solved" for _, status in statuses), statuses
 
 
+@slow
 @notebooks
 @pytest.mark.parametrize("solved", [False, True], ids=["as-shipped", "solved"])
 def test_key_outputs_appear(path: Path, solved: bool) -> None:
@@ -370,6 +384,7 @@ def test_key_outputs_appear(path: Path, solved: bool) -> None:
     assert not missing, f"not in the outputs: {missing}"
 
 
+@slow
 @notebooks
 def test_running_every_cell_twice_in_one_kernel_works(path: Path) -> None:
     first, second = execute(path, solved=False).passes
@@ -384,9 +399,184 @@ def test_running_every_cell_twice_in_one_kernel_works(path: Path) -> None:
     assert _statuses(second) == _statuses(first)
 
 
+@slow
 @notebooks
 @pytest.mark.parametrize("solved", [False, True], ids=["as-shipped", "solved"])
 def test_no_socket_is_left_after_the_kernel_shuts_down(path: Path, solved: bool) -> None:
     run = execute(path, solved=solved)
     assert len(set(run.sockets)) >= expect(path).min_sockets, run.sockets
     assert not run.left_behind, f"sockets left after the kernel exited: {run.left_behind}"
+
+
+# -- the shape of a notebook (NOTEBOOKS.md), read from the file: no kernel -----------------
+
+#: What a notebook may import from crilab: its public face. ``crilab.runtime`` is the fake's
+#: inside (DESIGN.md: no notebook reaches into it); the fake's features are reached through
+#: the ``FakeRuntime`` object instead (``lab.runtime.inject_latency(...)``).
+PUBLIC_MODULES = frozenset(
+    {"crilab"}
+    | {
+        f"crilab.{name}"
+        for name in (
+            "builders",
+            "endpoints",  # EndpointError, what serving on a taken port raises
+            "exercises",
+            "helloworld",
+            "latency",
+            "notebook",
+            "stubs",
+            "widgets",
+            "wiretap",
+        )
+    }
+)
+#: Names a notebook may read as ``crilab.NAME``: the lazy public names and the modules above.
+PUBLIC_NAMES = frozenset(__import__("crilab").__all__) | {
+    m.split(".", 1)[1] for m in PUBLIC_MODULES if "." in m
+}
+#: Lines a code cell may have (NOTEBOOKS.md: "a short code cell (about 10 lines at most)");
+#: the import cell and the learner's exercise cells are exempt.
+MAX_CODE_LINES = 10
+#: Headings a notebook may have besides its numbered sections.
+UNNUMBERED = ("Setup", "Clean up", "Recap", "Going further")
+
+_IPYTHON = TransformerManager()
+
+
+def _code_cells(nb) -> list[tuple[int, nbformat.NotebookNode]]:
+    return [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+
+
+def _tree(cell) -> ast.Module:
+    """A code cell as Python (``!shell`` and ``%magic`` lines turned into calls first)."""
+    return ast.parse(_IPYTHON.transform_cell(cell.source))
+
+
+def _imports(tree: ast.AST) -> list[str]:
+    """Every module an import statement names, anywhere in the tree (functions included)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append("." * node.level + (node.module or ""))
+            if node.module == "crilab":
+                found += [f"crilab.{alias.name}" for alias in node.names]
+    return found
+
+
+def _markdown(nb) -> str:
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+
+
+def _bullets(text: str, after: str, before: str) -> list[str]:
+    part = text.split(after, 1)[1].split(before, 1)[0]
+    return [line for line in part.splitlines() if line.startswith("- ")]
+
+
+@notebooks
+def test_shape_imports_only_crilabs_public_face(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    private = []
+    for index, cell in _code_cells(nb):
+        tree = _tree(cell)
+        for module in _imports(tree):
+            if module.startswith(".") or module.split(".")[0] != "crilab":
+                continue
+            if module not in PUBLIC_MODULES and module.rsplit(".", 1)[-1] not in PUBLIC_NAMES:
+                private.append((index, f"import {module}"))
+        for node in ast.walk(tree):
+            is_crilab = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            if is_crilab and node.value.id == "crilab" and node.attr not in PUBLIC_NAMES:
+                private.append((index, f"crilab.{node.attr}"))
+        if re.search(r"\bcrilab\.runtime\b", cell.source):
+            private.append((index, "crilab.runtime"))
+    assert not private, f"(cell, name) outside crilab's public face: {sorted(set(private))}"
+
+
+@notebooks
+def test_shape_one_import_cell_at_the_top(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    cells = _code_cells(nb)
+    first, import_cell = cells[0]
+    assert first <= 2, f"the import cell is cell {first}: put it right after the title"
+    at_top = _imports(_tree(import_cell))
+    assert "crilab" in {m.split(".")[0] for m in at_top}, "the first code cell imports crilab"
+    elsewhere = [(i, _imports(_tree(c))) for i, c in cells[1:]]
+    elsewhere = [(i, found) for i, found in elsewhere if found]
+    assert not elsewhere, f"imports outside the first code cell (cell, modules): {elsewhere}"
+
+
+@notebooks
+def test_shape_title_what_you_will_learn_before_you_start_and_time(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    head = nb.cells[0]
+    assert head.cell_type == "markdown" and head.source.startswith(f"# {path.name[:2]} · ")
+    for part in ("**What you will learn**", "**Before you start**", "**Time**"):
+        assert part in head.source, f"the first cell has no {part}"
+    learn = _bullets(head.source, "**What you will learn**", "**Before you start**")
+    assert 3 <= len(learn) <= 5, f"{len(learn)} things to learn; NOTEBOOKS.md asks for 3-5"
+    assert re.search(r"\*\*Time\*\*: about \d+ minutes", head.source), "an estimate, in minutes"
+
+
+@notebooks
+def test_shape_numbered_sections_then_recap_and_going_further(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    headings = re.findall(r"^## (.+)$", _markdown(nb), flags=re.MULTILINE)
+    numbered = [int(m.group(1)) for h in headings if (m := re.match(r"(\d+)\. \S", h))]
+    assert numbered == list(range(1, len(numbered) + 1)) and len(numbered) >= 3, headings
+    others = [h for h in headings if not re.match(r"\d+\. ", h)]
+    assert set(others) <= set(UNNUMBERED), f"unnumbered sections: {others}"
+    assert headings[-2:] == ["Recap", "Going further"], headings[-2:]
+    ending = _markdown(nb).rsplit("## Recap", 1)[1]
+    recap = _bullets(ending, "\n", "## Going further")
+    assert 3 <= len(recap) <= 5, f"{len(recap)} recap bullets; NOTEBOOKS.md asks for 3-5"
+    further = ending.split("## Going further", 1)[1]
+    assert "https://" in further, "Going further points at upstream docs"
+    following = [p for p in PATHS if p.name > path.name]
+    if following:
+        assert f"**{following[0].name}**" in further, f"Going further names {following[0].name}"
+    else:
+        assert "last notebook" in further
+
+
+@notebooks
+def test_shape_code_cells_are_short(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    cells = _code_cells(nb)
+    long = [
+        (index, len(cell.source.splitlines()))
+        for index, cell in cells[1:]  # the import cell is a list, not a wall of code
+        if "exercise" not in cell.metadata.get("crilab", {})
+        and len(cell.source.splitlines()) > MAX_CODE_LINES
+    ]
+    assert not long, f"(cell, lines) over {MAX_CODE_LINES} lines, to split with prose: {long}"
+
+
+@notebooks
+def test_shape_every_exercise_cell_is_followed_by_its_check(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    cells = _code_cells(nb)
+    for position, (index, cell) in enumerate(cells):
+        exercise_id = cell.metadata.get("crilab", {}).get("exercise")
+        if exercise_id is None:
+            continue
+        assert f"# Exercise {exercise_id}" in cell.source, f"cell {index}: which exercise?"
+        marked = re.search(r"# (your (answer|code) here|replace the \.\.\.)", cell.source)
+        assert marked, f"cell {index}: no marked place for the answer"
+        assert position + 1 < len(cells), f"{exercise_id}: no cell after the exercise"
+        following = cells[position + 1][1].metadata.get("crilab", {})
+        assert following.get("check") == exercise_id, f"{exercise_id}: not followed by its check"
+
+
+@notebooks
+def test_shape_try_it_prompts_are_there_and_bold(path: Path) -> None:
+    text = _markdown(nbformat.read(path, as_version=4))
+    prompts = re.findall(r"\*\*try it\*\*", text, flags=re.IGNORECASE)
+    plain = [
+        m.start()
+        for m in re.finditer(r"(?i)try it", text)
+        if text[m.start() - 2 : m.start()] != "**"
+    ]
+    assert len(prompts) >= 3, f"{len(prompts)} **Try it** prompts: NOTEBOOKS.md wants them"
+    assert not plain, f"'Try it' not in bold at {[text[i - 30 : i + 30] for i in plain]}"

@@ -10,8 +10,9 @@ What a learner types in a notebook::
 
 ``check`` never raises. A placeholder (``...`` or ``None``) gives "Not solved
 yet" with the exercise's hint; a wrong answer is explained (what it means and
-why it is not the answer); an answer that raises is reported as such; a right
-answer is congratulated with one more fact.
+why it is not the answer); an answer that raises is reported as such; a check
+call with too few or too many answers says how the call reads; a right answer
+is congratulated with one more fact.
 
 Adding the exercises of notebook NN (the convention)
 ----------------------------------------------------
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import html
 import importlib
+import inspect
 import re
 import textwrap
 from collections.abc import Callable
@@ -236,6 +238,31 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _miscount(ex: Exercise, answers: tuple[object, ...]) -> str | None:
+    """What is wrong with the check call itself when it passes too few or too many answers.
+
+    A missing argument is the check cell's doing, not the learner's answer: say how the
+    call should read instead of reporting the checker's TypeError as the answer's.
+    """
+    try:
+        signature = inspect.signature(ex.checker)
+    except (TypeError, ValueError):
+        return None  # no signature to read: let the checker decide
+    try:
+        signature.bind(*answers)
+    except TypeError:
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        names = [p.name for p in signature.parameters.values() if p.kind in positional]
+        call = ", ".join([f'"{ex.exercise_id}"', *names])
+        wanted = f"{len(names)} answer{'s' if len(names) != 1 else ''}"
+        return (
+            f"This check takes {wanted} after the exercise id, check({call}), and this call "
+            f"gave {len(answers)}. The check cell as shipped passes them all: run it as it is, "
+            "after the exercise cell (and the cells before it, which define what it passes)."
+        )
+    return None
+
+
 def check(exercise_id: str, *answers: object) -> Feedback:
     """Check the answer(s) to ``exercise_id``. Never raises."""
     try:
@@ -250,6 +277,8 @@ def check(exercise_id: str, *answers: object) -> Feedback:
     hint = f"Hint: {ex.hint}"
     if not answers or any(_is_placeholder(a) for a in answers):
         verdict = unanswered()
+    elif (miscount := _miscount(ex, answers)) is not None:
+        return Feedback(exercise_id, False, ex.title, f"{miscount}\n{hint}")
     else:
         try:
             verdict = ex.checker(*answers)

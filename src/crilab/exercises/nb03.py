@@ -217,10 +217,13 @@ def _first_call(first_call: object) -> Verdict:
         )
     if match == "Version":
         return right(
-            "Version, with version='v1'. A runtime that does not know runtime.v1 answers "
-            "UNIMPLEMENTED, and then the kubelet refuses to start: since Kubernetes 1.26 it "
-            "speaks runtime.v1 only. Later calls to Version fill in the runtime's name and "
-            "version on the Node: the CONTAINER-RUNTIME column of kubectl get nodes -o wide."
+            "Version. The kubelet's CRI client checks the connection with an empty "
+            "VersionRequest: a runtime without runtime.v1.RuntimeService answers "
+            "UNIMPLEMENTED, and the kubelet refuses to start (since Kubernetes 1.26 it speaks "
+            "runtime.v1 only). Its runtime manager then asks Version with version '0.1.0' and "
+            "checks the reply's version; the runtime's name and version end up on the Node, "
+            "in the CONTAINER-RUNTIME column of kubectl get nodes -o wide. (crictl version "
+            "and crilab.connect send 'v1'; crilab.connect also checks runtime_api_version.)"
         )
     why = _NOT_FIRST.get(
         match,

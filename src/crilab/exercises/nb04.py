@@ -249,8 +249,8 @@ def _why(failure: str, names: list[str], position: int) -> str:
     if name == "CreateContainer" and "image" in failure.lower():
         return (
             "This node does not have the image yet, so CreateContainer cannot find it. The "
-            "kubelet's default (imagePullPolicy: IfNotPresent) asks ImageStatus, then calls "
-            "PullImage when the answer is 'no image'."
+            "kubelet's default for an image tagged other than :latest (imagePullPolicy: "
+            "IfNotPresent) asks ImageStatus, then calls PullImage when the answer is 'no image'."
         )
     if name == "StartContainer" and "CreateContainer" not in before:
         return "StartContainer starts a container that CreateContainer made: it needs its ID."
@@ -332,18 +332,23 @@ def _start_sequence(start_sequence: object) -> Verdict:
         return wrong(
             f"Your calls ran and the container runs:\n{ran}\nbut PullImage is made without "
             "asking first: that is imagePullPolicy: Always, a registry round trip for every "
-            "container. The kubelet's default for a tagged image, IfNotPresent, asks "
-            "ImageStatus first and pulls only when the image is missing."
+            "container (the default only for an image tagged :latest, or not tagged at all). "
+            "For any other tag the default is IfNotPresent: ask ImageStatus first, and pull "
+            "only when the image is missing."
         )
-    note = ""
-    if pulled_at < names.index("RunPodSandbox"):
-        note = (
-            " (You pulled before making the pod; the kubelet makes the pod first: PullImage "
-            "carries the pod's sandbox_config, so the runtime can pull in the pod's context.)"
+    image_calls = (names.index(n) for n in ("ImageStatus", "PullImage") if n in names)
+    image_step = min(image_calls, default=len(names))
+    if image_step < names.index("RunPodSandbox"):
+        return wrong(
+            f"Your calls ran and the container runs:\n{ran}\nbut not in the kubelet's order: "
+            "the image comes before the pod. The kubelet makes the pod first (RunPodSandbox), "
+            "then, for each of its containers, the image (ImageStatus, then PullImage if "
+            "missing), CreateContainer and StartContainer. PullImage carries the pod's "
+            "sandbox_config, which exists only once the pod does."
         )
     return right(
         f"Your calls, made on a fresh fake runtime without the image, left a RUNNING "
         f"container:\n{ran}\nFor the next pod with the same image, ImageStatus finds it and "
         "PullImage is skipped. The kubelet also reads PodSandboxStatus after RunPodSandbox, "
-        f"to learn the pod's IP.{note}"
+        "to learn the pod's IP."
     )

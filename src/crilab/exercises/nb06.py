@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import grpc
@@ -58,6 +59,21 @@ def _decisions(should_restart: Callable[[str, int], object]) -> list[object]:
     return [should_restart(policy, code) for policy, code, _, _ in _CASES]
 
 
+def _cannot_take(function: Callable[..., object], *arguments: str) -> str | None:
+    """Why ``function`` cannot be called with these arguments (by name), or None if it can."""
+    try:
+        inspect.signature(function).bind(*arguments)
+    except TypeError:
+        wanted = ", ".join(arguments)
+        return (
+            f"Your function cannot be called as the loop calls it, with {len(arguments)} "
+            f"arguments ({wanted}): give it exactly those parameters."
+        )
+    except ValueError:  # no signature to read (a builtin): just call it
+        return None
+    return None
+
+
 @exercise(
     "06.should-restart",
     title="Restart, or not?",
@@ -83,6 +99,8 @@ def _should_restart(should_restart: object) -> Verdict:
         )
     if not callable(should_restart):
         return wrong(f"That is a {type(should_restart).__name__}; the answer is a function.")
+    if (problem := _cannot_take(should_restart, "policy", "exit_code")) is not None:
+        return wrong(problem)
     decisions = _decisions(should_restart)
     if all(d is None for d in decisions):
         return unanswered("Your function returns None: its body is still the placeholder.")
@@ -106,7 +124,7 @@ def _should_restart(should_restart: object) -> Verdict:
     for (policy, code, expected, why), got in zip(_CASES, decisions, strict=True):
         if got != expected:
             said = "restart" if got else "leave it"
-            return wrong(f"should_restart({policy!r}, {code}) answered {got} ({said}), but {why}")
+            return wrong(f"should_restart({policy!r}, {code}) answered {got} ({said}). {why}")
     return right(
         "All eight cases right. The real kubelet does not restart at once, though: it waits "
         "10 s, then 20 s, 40 s... up to 5 minutes between restarts of a container that keeps "
@@ -172,6 +190,8 @@ def _next_attempt(next_attempt: object) -> Verdict:
         )
     if not callable(next_attempt):
         return wrong(f"That is a {type(next_attempt).__name__}; the answer is a function.")
+    if (problem := _cannot_take(next_attempt, "containers", "name")) is not None:
+        return wrong(problem)
     cases = [
         ("no container at all", [], 0),
         ("only another container, app (attempt 0)", _containers(("app", 0)), 0),
