@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..serving import GrpcServer
 from ..stubs import api_pb2, api_pb2_grpc
-from .instrument import Call, Instrument, Lognormal
+from .instrument import UNSET, Call, Instrument, Lognormal, check_history
 from .servicer import ImageServicer, RuntimeServicer
 from .state import RuntimeState
 
@@ -43,7 +43,7 @@ class FakeRuntime:
     ``listen``: ``None`` for a private unix socket, ``"unix:///path.sock"``, or
     ``"tcp://127.0.0.1:0"`` (port 0 picks a free port). ``images``: references
     present from the start, e.g. ``["busybox"]``. ``seed`` makes IDs
-    deterministic. ``history`` bounds the recorded calls.
+    deterministic. ``history`` bounds the recorded calls (a whole number > 0).
     """
 
     def __init__(
@@ -55,6 +55,7 @@ class FakeRuntime:
         history: int = 10_000,
         max_workers: int = 32,
     ) -> None:
+        check_history(history)  # before anything is started that would need stopping
         self.state = RuntimeState(images=images, seed=seed)
         self.instrument = Instrument(history=history, methods=_method_names())
         self.health = health.HealthServicer()
@@ -82,6 +83,7 @@ class FakeRuntime:
         )
 
     def _closing(self) -> None:
+        self.instrument.stop()  # also when the interpreter exits without rt.stop()
         self.health.enter_graceful_shutdown()
         self.state.close()
 
@@ -104,7 +106,12 @@ class FakeRuntime:
         return f"crictl --runtime-endpoint {ep} --image-endpoint {ep}"
 
     def stop(self, grace: float | None = 0.5) -> None:
-        """Stop serving, remove the socket, end the timers. A new FakeRuntime can follow."""
+        """Stop serving, remove the socket, end the timers. A new FakeRuntime can follow.
+
+        Calls waiting out an injected latency end at once (UNAVAILABLE), so none holds a
+        worker thread past the stop."""
+        if self._server.running:
+            self.instrument.stop()
         self._server.stop(grace)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -164,11 +171,18 @@ class FakeRuntime:
         method: str,
         code: grpc.StatusCode | str,
         message: str = "",
-        times: int | None = 1,
+        times: int | None = UNSET,
         probability: float | None = None,
+        seed: int | str | None = None,
     ) -> None:
-        """Make the next ``times`` calls of ``method`` ("*" for all) fail with ``code``."""
-        self.instrument.inject_error(method, code, message, times, probability)
+        """Make calls of ``method`` ("*" for all) fail with ``code``.
+
+        Neither ``times`` nor ``probability``: the next call fails. ``times=N``: the next
+        N calls; ``times=None``: every call until ``clear_faults()``. ``probability=p``:
+        each call fails with chance p until cleared, or until ``times`` calls failed when
+        both are given. ``seed`` makes the chance repeatable.
+        """
+        self.instrument.inject_error(method, code, message, times, probability, seed)
 
     def inject_latency(
         self,
@@ -180,4 +194,5 @@ class FakeRuntime:
         self.instrument.inject_latency(seconds, method, times)
 
     def clear_faults(self) -> None:
+        """Remove every fault; calls still waiting out an injected latency go on at once."""
         self.instrument.clear_faults()
