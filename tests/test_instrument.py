@@ -13,8 +13,9 @@ import pytest
 
 from crilab import FakeRuntime
 from crilab.builders import container_config, pod_config
-from crilab.runtime.instrument import Lognormal
+from crilab.runtime.instrument import Lognormal, Oversize
 from crilab.runtime.servicer import STREAM_CHUNK
+from crilab.serving import MAX_MESSAGE_BYTES
 from crilab.stubs import api_pb2 as pb
 from crilab.stubs import api_pb2_grpc
 
@@ -619,3 +620,30 @@ def test_history_keeps_messages_within_a_byte_budget(monkeypatch) -> None:
         assert isinstance(lists[0].response, str) and "no longer kept" in lists[0].response
         assert len(lists[-1].response.containers) == 20, "the newest answers are kept whole"
         client.close()
+
+
+# -- requests past the message limit ---------------------------------------------------------
+
+
+def test_a_request_over_16_mib_is_refused_with_advice_and_recorded(rt: FakeRuntime) -> None:
+    channel = grpc.insecure_channel(
+        rt.endpoint.replace("unix://", "unix:", 1),
+        options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
+    )
+    rs = api_pb2_grpc.RuntimeServiceStub(channel)
+    big = pb.VersionRequest(version="x" * (MAX_MESSAGE_BYTES + 1))
+    with pytest.raises(grpc.RpcError) as err:
+        rs.Version(big, timeout=30)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = err.value.details()
+    assert f"{big.ByteSize()} bytes" in details
+    assert "16 MiB" in details and "kubelet" in details and "Send less" in details
+    (call,) = rt.calls_to("Version")
+    assert (call.code, call.details) == ("RESOURCE_EXHAUSTED", details)
+    assert isinstance(call._request, Oversize) and call._request.size == big.ByteSize()
+    assert "not decoded" in str(call.request)
+    at_limit = pb.VersionRequest(version="x" * (MAX_MESSAGE_BYTES - 10))
+    assert at_limit.ByteSize() <= MAX_MESSAGE_BYTES
+    assert rs.Version(at_limit, timeout=30).runtime_api_version == "v1"  # still serving
+    assert rt.calls_to("Version")[-1].ok
+    channel.close()

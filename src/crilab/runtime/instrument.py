@@ -24,6 +24,8 @@ from typing import Any
 
 import grpc
 
+from ..serving import MAX_MESSAGE_BYTES
+
 #: Requests and responses larger than this are not kept in the history (their size is):
 #: the history holds ``history`` calls, so it stays bounded however big the messages are.
 KEEP_RESPONSE_BYTES = 64 * 1024
@@ -48,6 +50,17 @@ class Malformed(Refused):
 
     def __str__(self) -> str:
         return f"<malformed {self.message_type}: {self.size} bytes>"
+
+
+@dataclass(frozen=True)
+class Oversize(Refused):
+    """A request larger than the CRI message limit, refused undecoded."""
+
+    message_type: str
+    size: int
+
+    def __str__(self) -> str:
+        return f"<{self.message_type}: {self.size} bytes, over the limit, not decoded>"
 
 
 @dataclass(slots=True)
@@ -657,6 +670,17 @@ def _wake(plan: _Plan, reason: str) -> None:
 
 
 def _refuse(request: Refused, context) -> None:
+    if isinstance(request, Oversize):
+        # grpc itself would answer "Received message larger than max (N vs. M)" and never
+        # run the handler: the call would not be recorded, nor would the sender learn why.
+        context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the {request.message_type} request is {request.size} bytes, over the "
+            f"{MAX_MESSAGE_BYTES} byte (16 MiB) gRPC message limit that the kubelet and this "
+            "runtime use: a real runtime refuses it too. Send less in one message: keep "
+            "large data (files, scripts, long annotations or labels, big environment "
+            "values) out of the CRI config and mount it into the container instead",
+        )
     assert isinstance(request, Malformed)
     # grpc itself would answer INTERNAL ("Exception deserializing request!"): but
     # bytes that do not decode are the caller's mistake, not a server bug.
@@ -670,12 +694,15 @@ def _refuse(request: Refused, context) -> None:
 
 
 def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    """A request deserializer that returns ``Malformed`` instead of raising."""
+    """A request deserializer that returns a ``Refused`` note instead of raising: ``Oversize``
+    past the 16 MiB limit (undecoded), ``Malformed`` for bytes that do not decode."""
     owner = getattr(deserialize, "__self__", None)
     descriptor = getattr(owner, "DESCRIPTOR", None)
     message_type = getattr(descriptor, "full_name", None) or "request"
 
     def decode(data: bytes) -> Any:
+        if len(data) > MAX_MESSAGE_BYTES:
+            return Oversize(message_type, len(data))
         try:
             return deserialize(data)
         except Exception as exc:
