@@ -220,7 +220,7 @@ def test_a_unary_call_that_outlives_its_deadline_is_recorded_as_the_client_saw_i
     rt: FakeRuntime, s: Stubs
 ) -> None:
     """The servicer returned, but too late: the record must say what the client got."""
-    rt.inject_latency(0.3, method="Version")
+    rt.inject_latency(0.3, method="Version", ignore_deadline=True)
     with pytest.raises(grpc.RpcError) as err:
         s.rs.Version(pb.VersionRequest(), timeout=0.1)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -562,6 +562,29 @@ def test_delays_end_at_the_deadline_and_free_the_workers() -> None:
         assert {c.code for c in rt.calls_to("Version")} == {"DEADLINE_EXCEEDED"}
         assert rt.instrument.waiting == 0
         s.channel.close()
+
+
+def test_a_latency_that_ignores_the_deadline_works_on_for_a_gone_caller(
+    rt: FakeRuntime, s: Stubs
+) -> None:
+    """A server that never checks its deadline: the reply is made, and nobody reads it."""
+    rt.inject_latency(0.3, method="Version", ignore_deadline=True, times=1)
+    with pytest.raises(grpc.RpcError) as err:
+        s.rs.Version(pb.VersionRequest(), timeout=0.05)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert eventually(lambda: len(rt.calls_to("Version")) == 1)
+    (call,) = rt.calls_to("Version")
+    assert (call.code, call.injected) == ("DEADLINE_EXCEEDED", "latency 0.300s")
+    assert call.duration >= 0.3 and call.response.runtime_name == "crilab-fake"
+    # clear_faults() still ends such a wait
+    rt.inject_latency(60, method="Version", ignore_deadline=True)
+    with pytest.raises(grpc.RpcError):
+        s.rs.Version(pb.VersionRequest(), timeout=0.05)
+    wait_for_waiting(rt, 1)  # past its caller's deadline, still waiting
+    rt.clear_faults()
+    assert eventually(lambda: len(rt.calls_to("Version")) == 2)
+    assert "(cleared after" in rt.calls_to("Version")[1].injected
+    assert rt.instrument.waiting == 0
 
 
 def test_a_cancel_ends_a_delay_and_is_recorded(rt: FakeRuntime, s: Stubs) -> None:

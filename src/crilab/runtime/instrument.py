@@ -116,9 +116,9 @@ class Lognormal:
     """Latency drawn from a lognormal distribution given its p50 and p99 (seconds)."""
 
     def __init__(self, p50: float, p99: float, seed: int | None = None) -> None:
-        if not 0 < p50 <= p99:
-            raise ValueError("need 0 < p50 <= p99, e.g. Lognormal(p50=0.002, p99=0.02)")
-        self.p50, self.p99 = p50, p99
+        if not 0 < p50 <= p99 < math.inf:
+            raise ValueError("need 0 < p50 <= p99 (finite), e.g. Lognormal(p50=0.002, p99=0.02)")
+        self.p50, self.p99, self.seed = p50, p99, seed
         self._mu = math.log(p50)
         self._sigma = (math.log(p99) - self._mu) / 2.3263478740408408  # z of 0.99
         self._rng = random.Random(seed)
@@ -152,6 +152,7 @@ class _Fault:
     message: str = ""
     delay: float | Callable[[], float] | None = None
     rng: random.Random = field(default_factory=random.Random)
+    ignore_deadline: bool = False  # a latency that runs on after the caller has gone
 
     def applies(self, method: str) -> bool:
         if self.method not in ("*", method):
@@ -167,11 +168,12 @@ class _Plan:
     Made only for a call that some fault applies to: the no-fault path allocates nothing.
     """
 
-    __slots__ = ("delay", "error", "note", "reason", "sources", "wake")
+    __slots__ = ("delay", "error", "ignore_deadline", "note", "reason", "sources", "wake")
 
     def __init__(self, sources: list[Any], error: _Fault | None) -> None:
         self.sources = sources  # fixed seconds or draws, one per latency fault
         self.error = error
+        self.ignore_deadline = False
         self.delay = 0.0
         self.note = ""  # what the history's ``injected`` says
         self.wake: threading.Event | None = None  # set to end the wait early
@@ -329,16 +331,27 @@ class Instrument(grpc.ServerInterceptor):
         seconds: float | Callable[[], float],
         method: str | None = None,
         times: int | None = None,
+        *,
+        ignore_deadline: bool = False,
     ) -> None:
         """Delay calls of ``method`` (all methods when ``None``) by a fixed or drawn time.
 
         ``seconds`` is a number >= 0 or a function drawing one per call, such as
         ``Lognormal(p50=0.002, p99=0.02)`` (a negative draw is no delay). ``times``:
-        the next N calls, or ``None`` for every call until ``clear_faults()``. A delayed
-        call ends early when its deadline passes or its client cancels.
+        the next N calls, or ``None`` for every call until ``clear_faults()``.
+
+        A delayed call ends early when its deadline passes or its client cancels, as a
+        server that watches its context does (containerd passes it down). With
+        ``ignore_deadline=True`` the delay runs in full and the call then goes on, for a
+        caller that has long gone: a server that never checks (it still ends on
+        ``clear_faults()`` and ``stop()``).
         """
         fault = _Fault(
-            self._check_method(method), _check_times(times), None, delay=_check_seconds(seconds)
+            self._check_method(method),
+            _check_times(times),
+            None,
+            delay=_check_seconds(seconds),
+            ignore_deadline=bool(ignore_deadline),
         )
         with self._lock:
             self._faults.append(fault)
@@ -366,6 +379,7 @@ class Instrument(grpc.ServerInterceptor):
     def _take_faults(self, method: str) -> _Plan | None:
         sources: list[Any] = []
         error = None
+        ignore_deadline = False
         with self._lock:
             for fault in self._faults:
                 if (fault.code is None or error is None) and fault.applies(method):
@@ -373,12 +387,14 @@ class Instrument(grpc.ServerInterceptor):
                         fault.times -= 1
                     if fault.code is None:
                         sources.append(fault.delay)
+                        ignore_deadline = ignore_deadline or fault.ignore_deadline
                     else:
                         error = fault
             if not sources and error is None:
                 return None
             self._faults = [f for f in self._faults if f.times is None or f.times > 0]
             plan = _Plan(sources, error)
+            plan.ignore_deadline = ignore_deadline
             if sources:  # the wait is registered now, so a clear_faults() from here on ends it
                 plan.wake = threading.Event()
                 if self._stopped:
@@ -541,17 +557,22 @@ class Instrument(grpc.ServerInterceptor):
             self._sleeping.discard(plan)
 
     def _sleep(self, plan: _Plan, context) -> None:
-        """Wait out ``plan.delay``, but no longer than the client waits for the answer."""
+        """Wait out ``plan.delay``, but no longer than the client waits for the answer
+        (unless the latency ignores the deadline)."""
         assert plan.wake is not None
         delay = plan.delay
         remaining = context.time_remaining()  # the time to the deadline, or a huge number
-        cap = delay if remaining is None or remaining >= delay else remaining
         t0 = time.perf_counter()
-        # grpc runs the callback when the call ends: on a cancel, a passed deadline, a stop
-        if context.add_callback(lambda: self._ended(plan)):
-            plan.wake.wait(cap)
+        if plan.ignore_deadline:
+            cap = delay
+            plan.wake.wait(delay)  # only clear_faults() and stop() end it early
         else:
-            self._ended(plan)  # the call ended before the wait began
+            cap = delay if remaining is None or remaining >= delay else remaining
+            # grpc runs the callback when the call ends: a cancel, a passed deadline, a stop
+            if context.add_callback(lambda: self._ended(plan)):
+                plan.wake.wait(cap)
+            else:
+                self._ended(plan)  # the call ended before the wait began
         waited = time.perf_counter() - t0
         self._unregister(plan)
         reason = plan.reason

@@ -189,9 +189,14 @@ class FakeRuntime:
         seconds: float | Callable[[], float],
         method: str | None = None,
         times: int | None = None,
+        *,
+        ignore_deadline: bool = False,
     ) -> None:
-        """Delay calls by ``seconds`` or a draw such as ``Lognormal(p50=0.002, p99=0.02)``."""
-        self.instrument.inject_latency(seconds, method, times)
+        """Delay calls by ``seconds`` or a draw such as ``Lognormal(p50=0.002, p99=0.02)``.
+
+        A delayed call ends when its deadline passes or its client cancels; with
+        ``ignore_deadline=True`` the runtime works on for a caller that has gone."""
+        self.instrument.inject_latency(seconds, method, times, ignore_deadline=ignore_deadline)
 
     def clear_faults(self) -> None:
         """Remove every fault; calls still waiting out an injected latency go on at once."""
