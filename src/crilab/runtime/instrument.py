@@ -184,7 +184,7 @@ class _DrawError(Exception):
     """A latency draw that raised or gave no usable number of seconds."""
 
 
-def _check_times(times: Any) -> int | None:
+def check_times(times: Any) -> int | None:
     if times is None:
         return None
     if isinstance(times, bool) or not isinstance(times, int):
@@ -200,7 +200,7 @@ def _check_times(times: Any) -> int | None:
     return times
 
 
-def _check_seconds(seconds: Any) -> float | Callable[[], float]:
+def check_seconds(seconds: Any) -> float | Callable[[], float]:
     if callable(seconds):
         return seconds
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
@@ -311,7 +311,7 @@ class Instrument(grpc.ServerInterceptor):
             )
         if times is UNSET:
             times = 1 if probability is None else None
-        times = _check_times(times)
+        times = check_times(times)
         status = _status_code(code)
         if status == grpc.StatusCode.OK:
             raise ValueError("an injected error needs a non-OK code, e.g. 'UNAVAILABLE'")
@@ -348,9 +348,9 @@ class Instrument(grpc.ServerInterceptor):
         """
         fault = _Fault(
             self._check_method(method),
-            _check_times(times),
+            check_times(times),
             None,
-            delay=_check_seconds(seconds),
+            delay=check_seconds(seconds),
             ignore_deadline=bool(ignore_deadline),
         )
         with self._lock:
@@ -445,8 +445,8 @@ class Instrument(grpc.ServerInterceptor):
 
     def _wrap(self, full: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         service, _, method = full.lstrip("/").rpartition("/")
-        if service.startswith("grpc."):  # reflection and health are not the runtime's calls
-            return handler
+        if service.startswith(_NOT_RECORDED):  # reflection, health and crilab's control
+            return handler  # are not the runtime's calls: no record, no injected fault
         kinds = (
             ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
             ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
@@ -661,6 +661,9 @@ class Instrument(grpc.ServerInterceptor):
             return f"<{type(message).__name__}: {size} bytes, not kept>", 0
         return message, size
 
+
+_NOT_RECORDED = ("grpc.", "crilab.")
+"""Services (by name prefix) that are served untouched: not recorded, never faulted."""
 
 _QUICK_SECONDS = 0.005
 """A returned unary call quicker than this, with time left before its deadline, is

@@ -5,6 +5,9 @@
     rt.state                                  # the RuntimeState, for direct calls
     rt.calls, rt.inject_error(...), rt.reset(), rt.stop()
 
+Next to the CRI services it serves crilab's control service (``control.py``), so that
+another process can do the same: ``RemoteControl(rt.endpoint).inject_error(...)``.
+
 The same state, servicers and interceptor run in-process (this class, on a
 background thread) and as ``crilab serve`` (``serve.py``): one backend, two
 ways to reach it.
@@ -19,12 +22,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..serving import GrpcServer
-from ..stubs import api_pb2, api_pb2_grpc
+from ..stubs import api_pb2, api_pb2_grpc, control_pb2_grpc
+from .control import CONTROL_SERVICE, ControlServicer, RemoteControl
 from .instrument import UNSET, Call, Instrument, Lognormal, check_history
 from .servicer import ImageServicer, RuntimeServicer
 from .state import RuntimeState
 
-__all__ = ["Call", "FakeRuntime", "Lognormal"]
+__all__ = ["Call", "FakeRuntime", "Lognormal", "RemoteControl"]
 
 RUNTIME_SERVICE = "runtime.v1.RuntimeService"
 IMAGE_SERVICE = "runtime.v1.ImageService"
@@ -77,8 +81,17 @@ class FakeRuntime:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", RUNTIME_SERVICE, IMAGE_SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        control_pb2_grpc.add_ControlServicer_to_server(
+            ControlServicer(self.instrument, self.reset), server
+        )
         reflection.enable_server_reflection(
-            (RUNTIME_SERVICE, IMAGE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            (
+                RUNTIME_SERVICE,
+                IMAGE_SERVICE,
+                CONTROL_SERVICE,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
 
