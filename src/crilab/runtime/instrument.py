@@ -4,6 +4,11 @@ Every RPC the fake runtime serves passes through ``Instrument``: it may be
 delayed or failed on purpose (``inject_latency``, ``inject_error``), and it is
 recorded (method, request, response or status, timing, peer) in a bounded
 ring buffer. The servicer knows nothing of this; nor does the state.
+
+An injected delay is a wait, not a sleep: it ends early when the call's deadline
+passes, when the client cancels, when ``clear_faults()`` runs (the call then goes on
+as if never delayed) and when the runtime stops, so a delay never holds a worker
+thread longer than the client waits for it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 
 import grpc
 
+from ..serving import MAX_MESSAGE_BYTES
+
 #: Requests and responses larger than this are not kept in the history (their size is):
 #: the history holds ``history`` calls, so it stays bounded however big the messages are.
 KEEP_RESPONSE_BYTES = 64 * 1024
@@ -27,8 +34,14 @@ KEEP_RESPONSE_BYTES = 64 * 1024
 KEEP_TOTAL_BYTES = 32 * 1024 * 1024
 
 
+class Refused:
+    """A request refused before it was decoded (what the history keeps instead of it)."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
-class Malformed:
+class Malformed(Refused):
     """A request whose bytes are not the message its method takes (what the history keeps)."""
 
     message_type: str
@@ -37,6 +50,17 @@ class Malformed:
 
     def __str__(self) -> str:
         return f"<malformed {self.message_type}: {self.size} bytes>"
+
+
+@dataclass(frozen=True)
+class Oversize(Refused):
+    """A request larger than the CRI message limit, refused undecoded."""
+
+    message_type: str
+    size: int
+
+    def __str__(self) -> str:
+        return f"<{self.message_type}: {self.size} bytes, over the limit, not decoded>"
 
 
 @dataclass(slots=True)
@@ -92,9 +116,9 @@ class Lognormal:
     """Latency drawn from a lognormal distribution given its p50 and p99 (seconds)."""
 
     def __init__(self, p50: float, p99: float, seed: int | None = None) -> None:
-        if not 0 < p50 <= p99:
-            raise ValueError("need 0 < p50 <= p99, e.g. Lognormal(p50=0.002, p99=0.02)")
-        self.p50, self.p99 = p50, p99
+        if not 0 < p50 <= p99 < math.inf:
+            raise ValueError("need 0 < p50 <= p99 (finite), e.g. Lognormal(p50=0.002, p99=0.02)")
+        self.p50, self.p99, self.seed = p50, p99, seed
         self._mu = math.log(p50)
         self._sigma = (math.log(p99) - self._mu) / 2.3263478740408408  # z of 0.99
         self._rng = random.Random(seed)
@@ -106,6 +130,19 @@ class Lognormal:
         return f"Lognormal(p50={self.p50}, p99={self.p99})"
 
 
+class _Unset:
+    """The type of ``UNSET``: "not given", which differs from every value one can pass."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: ``times`` not given (``inject_error``): once, or until cleared when a probability is given.
+UNSET: Any = _Unset()
+
+
 @dataclass
 class _Fault:
     method: str  # short name or "*"
@@ -115,6 +152,7 @@ class _Fault:
     message: str = ""
     delay: float | Callable[[], float] | None = None
     rng: random.Random = field(default_factory=random.Random)
+    ignore_deadline: bool = False  # a latency that runs on after the caller has gone
 
     def applies(self, method: str) -> bool:
         if self.method not in ("*", method):
@@ -123,8 +161,81 @@ class _Fault:
             return False
         return self.probability is None or self.rng.random() < self.probability
 
-    def seconds(self) -> float:
-        return self.delay() if callable(self.delay) else float(self.delay or 0)
+
+class _Plan:
+    """The faults one call drew: its delays (fixed or drawn), its error, and its wait.
+
+    Made only for a call that some fault applies to: the no-fault path allocates nothing.
+    """
+
+    __slots__ = ("delay", "error", "ignore_deadline", "note", "reason", "sources", "wake")
+
+    def __init__(self, sources: list[Any], error: _Fault | None) -> None:
+        self.sources = sources  # fixed seconds or draws, one per latency fault
+        self.error = error
+        self.ignore_deadline = False
+        self.delay = 0.0
+        self.note = ""  # what the history's ``injected`` says
+        self.wake: threading.Event | None = None  # set to end the wait early
+        self.reason: str | None = None  # why the wait ended early: see Instrument._sleep
+
+
+class _DrawError(Exception):
+    """A latency draw that raised or gave no usable number of seconds."""
+
+
+def check_times(times: Any) -> int | None:
+    if times is None:
+        return None
+    if isinstance(times, bool) or not isinstance(times, int):
+        raise TypeError(
+            f"times must be a whole number of calls or None (until clear_faults()), not {times!r}"
+        )
+    if times <= 0:
+        raise ValueError(
+            f"times={times} would inject nothing: times counts the calls the fault applies "
+            "to (times=1 for the next call, times=None until clear_faults()); to remove "
+            "faults call clear_faults()"
+        )
+    return times
+
+
+def check_seconds(seconds: Any) -> float | Callable[[], float]:
+    if callable(seconds):
+        return seconds
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise TypeError(
+            f"latency is a number of seconds (e.g. 0.05) or a function that returns one "
+            f"(e.g. Lognormal(p50=0.002, p99=0.02)), not {type(seconds).__name__} {seconds!r}"
+        )
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(
+            f"latency must be a finite number of seconds >= 0, not {seconds!r}; to make "
+            "calls wait until their deadline, inject a latency longer than the deadline"
+        )
+    return float(seconds)
+
+
+def _draw(source: float | Callable[[], float]) -> float:
+    """Seconds of one latency source: a fixed value, or a draw clamped to >= 0."""
+    if not callable(source):
+        return source
+    try:
+        value = source()
+    except Exception as exc:
+        raise _DrawError(
+            f"the injected latency draw {source!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _DrawError(
+            f"the injected latency draw {source!r} returned {value!r}, not a number of seconds"
+        )
+    if not math.isfinite(value):
+        raise _DrawError(
+            f"the injected latency draw {source!r} returned {value!r}, not a finite number "
+            "of seconds"
+        )
+    return max(float(value), 0.0)  # a negative draw (e.g. a normal's tail) is no delay
 
 
 def _status_code(code: grpc.StatusCode | str) -> grpc.StatusCode:
@@ -141,13 +252,15 @@ class Instrument(grpc.ServerInterceptor):
     """The one interceptor: inject faults, then record what happened."""
 
     def __init__(self, history: int = 10_000, methods: Iterable[str] = ()) -> None:
-        self._calls: collections.deque[Call] = collections.deque(maxlen=history)
+        self._calls: collections.deque[Call] = collections.deque(maxlen=check_history(history))
         self._kept: collections.deque[tuple[Call, int, int]] = collections.deque()
         self._kept_bytes = 0
         # the last answer sized and its size: a List answer reused across calls (see
         # the servicer's ``_Answers``) is sized once, not once per call
         self._sized: tuple[Any, int] = (None, 0)
         self._faults: list[_Fault] = []
+        self._sleeping: set[_Plan] = set()  # calls waiting out an injected delay
+        self._stopped = False
         self._lock = threading.Lock()
         self._known = set(methods)
         self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
@@ -157,6 +270,8 @@ class Instrument(grpc.ServerInterceptor):
     def _check_method(self, method: str | None) -> str:
         if method in (None, "*"):
             return "*"
+        if not isinstance(method, str):
+            raise TypeError(f"method is a short RPC name such as 'StartContainer', not {method!r}")
         if self._known and method not in self._known:
             close = [m for m in sorted(self._known) if m.lower() == method.lower()]
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -170,21 +285,43 @@ class Instrument(grpc.ServerInterceptor):
         method: str,
         code: grpc.StatusCode | str,
         message: str = "",
-        times: int | None = 1,
+        times: int | None = UNSET,
         probability: float | None = None,
+        seed: int | str | None = None,
     ) -> None:
-        """Fail the next ``times`` calls of ``method`` (``None``: until cleared)."""
-        if probability is not None and not 0 <= probability <= 1:
-            raise ValueError("probability must be between 0 and 1")
+        """Fail calls of ``method`` ("*" for every method) with ``code`` and ``message``.
+
+        ``times`` counts the calls that fail; ``probability`` fails each call by chance:
+
+        - neither given: the next call fails (as ``times=1``);
+        - ``times=N``: the next N calls fail; ``times=None``: every call, until cleared;
+        - ``probability=p``: each call fails with chance p, until ``clear_faults()``;
+        - ``probability=p, times=N``: each call fails with chance p until N calls failed.
+
+        ``seed`` makes the chance repeatable (the same calls fail on every run).
+        """
+        if probability is not None and (
+            isinstance(probability, bool)
+            or not isinstance(probability, int | float)
+            or not 0 <= probability <= 1
+        ):
+            raise ValueError(
+                f"probability must be a number between 0 and 1 (e.g. 0.1 fails one call in "
+                f"ten), not {probability!r}"
+            )
+        if times is UNSET:
+            times = 1 if probability is None else None
+        times = check_times(times)
         status = _status_code(code)
         if status == grpc.StatusCode.OK:
             raise ValueError("an injected error needs a non-OK code, e.g. 'UNAVAILABLE'")
         fault = _Fault(
             self._check_method(method),
-            times if probability is None else None if times == 1 else times,
+            times,
             probability,
             code=status,
             message=message or f"injected {status.name} (crilab fault injection)",
+            rng=random.Random(seed),
         )
         with self._lock:
             self._faults.append(fault)
@@ -194,33 +331,77 @@ class Instrument(grpc.ServerInterceptor):
         seconds: float | Callable[[], float],
         method: str | None = None,
         times: int | None = None,
+        *,
+        ignore_deadline: bool = False,
     ) -> None:
-        """Delay calls of ``method`` (all methods when ``None``) by a fixed or drawn time."""
-        if not callable(seconds) and seconds < 0:
-            raise ValueError("latency must be >= 0 seconds")
-        fault = _Fault(self._check_method(method), times, None, delay=seconds)
+        """Delay calls of ``method`` (all methods when ``None``) by a fixed or drawn time.
+
+        ``seconds`` is a number >= 0 or a function drawing one per call, such as
+        ``Lognormal(p50=0.002, p99=0.02)`` (a negative draw is no delay). ``times``:
+        the next N calls, or ``None`` for every call until ``clear_faults()``.
+
+        A delayed call ends early when its deadline passes or its client cancels, as a
+        server that watches its context does (containerd passes it down). With
+        ``ignore_deadline=True`` the delay runs in full and the call then goes on, for a
+        caller that has long gone: a server that never checks (it still ends on
+        ``clear_faults()`` and ``stop()``).
+        """
+        fault = _Fault(
+            self._check_method(method),
+            check_times(times),
+            None,
+            delay=check_seconds(seconds),
+            ignore_deadline=bool(ignore_deadline),
+        )
         with self._lock:
             self._faults.append(fault)
 
     def clear_faults(self) -> None:
+        """Remove every fault; calls waiting out an injected delay go on at once, unfailed."""
         with self._lock:
-            self._faults.clear()
+            self._faults = []
+            for plan in self._sleeping:
+                _wake(plan, "cleared")
 
-    def _take_faults(self, method: str) -> tuple[float, _Fault | None]:
-        delay, error = 0.0, None
+    @property
+    def waiting(self) -> int:
+        """How many calls are waiting out an injected latency right now."""
         with self._lock:
-            if not self._faults:
-                return 0.0, None
+            return len(self._sleeping)
+
+    def stop(self) -> None:
+        """End every injected wait (the runtime is stopping); later delays do not wait."""
+        with self._lock:
+            self._stopped = True
+            for plan in self._sleeping:
+                _wake(plan, "stopped")
+
+    def _take_faults(self, method: str) -> _Plan | None:
+        sources: list[Any] = []
+        error = None
+        ignore_deadline = False
+        with self._lock:
             for fault in self._faults:
                 if (fault.code is None or error is None) and fault.applies(method):
                     if fault.times is not None:
                         fault.times -= 1
                     if fault.code is None:
-                        delay += fault.seconds()
+                        sources.append(fault.delay)
+                        ignore_deadline = ignore_deadline or fault.ignore_deadline
                     else:
                         error = fault
+            if not sources and error is None:
+                return None
             self._faults = [f for f in self._faults if f.times is None or f.times > 0]
-        return delay, error
+            plan = _Plan(sources, error)
+            plan.ignore_deadline = ignore_deadline
+            if sources:  # the wait is registered now, so a clear_faults() from here on ends it
+                plan.wake = threading.Event()
+                if self._stopped:
+                    _wake(plan, "stopped")
+                else:
+                    self._sleeping.add(plan)
+        return plan
 
     # -- history ---------------------------------------------------------------
 
@@ -264,8 +445,8 @@ class Instrument(grpc.ServerInterceptor):
 
     def _wrap(self, full: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         service, _, method = full.lstrip("/").rpartition("/")
-        if service.startswith("grpc."):  # reflection and health are not the runtime's calls
-            return handler
+        if service.startswith(_NOT_RECORDED):  # reflection, health and crilab's control
+            return handler  # are not the runtime's calls: no record, no injected fault
         kinds = (
             ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
             ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
@@ -289,10 +470,12 @@ class Instrument(grpc.ServerInterceptor):
     def _unary(self, service: str, method: str, behavior: Callable[..., Any]):
         def call(request, context):
             started, t0 = time.time(), time.perf_counter()
-            delay, error = self._take_faults(method)
+            # read without the lock: a fault injected during this line applies from the next call
+            plan = self._take_faults(method) if self._faults else None
             response, failed = None, True
             try:
-                self._apply(delay, error, context, request)
+                if plan is not None or isinstance(request, Refused):
+                    self._apply(plan, context, request)
                 response = behavior(request, context)
                 failed = False
                 return response
@@ -305,7 +488,7 @@ class Instrument(grpc.ServerInterceptor):
                     context,
                     started,
                     t0,
-                    _note(delay, error),
+                    "" if plan is None else plan.note,
                     failed,
                 )
 
@@ -314,10 +497,11 @@ class Instrument(grpc.ServerInterceptor):
     def _streaming(self, service: str, method: str, behavior: Callable[..., Any]):
         def call(request, context):
             started, t0 = time.time(), time.perf_counter()
-            delay, error = self._take_faults(method)
+            plan = self._take_faults(method) if self._faults else None
             sent, failed = 0, True
             try:
-                self._apply(delay, error, context, request)
+                if plan is not None or isinstance(request, Refused):
+                    self._apply(plan, context, request)
                 for message in behavior(request, context):
                     sent += 1
                     yield message
@@ -331,29 +515,97 @@ class Instrument(grpc.ServerInterceptor):
                     context,
                     started,
                     t0,
-                    _note(delay, error),
+                    "" if plan is None else plan.note,
                     failed,
                 )
 
         return call
 
-    @staticmethod
-    def _apply(delay: float, error: _Fault | None, context, request: Any = None) -> None:
-        if isinstance(request, Malformed):
-            # grpc itself would answer INTERNAL ("Exception deserializing request!"): but
-            # bytes that do not decode are the caller's mistake, not a server bug.
+    def _apply(self, plan: _Plan | None, context, request: Any) -> None:
+        """Refuse an undecoded request, then wait out the delays, then fail on purpose."""
+        if isinstance(request, Refused):
+            if plan is not None:
+                self._unregister(plan)
+            _refuse(request, context)
+        if plan is None:
+            return
+        if plan.sources:
+            try:
+                plan.delay = sum(_draw(source) for source in plan.sources)
+            except _DrawError as exc:
+                self._unregister(plan)
+                plan.note = "latency draw failed"
+                context.abort(
+                    grpc.StatusCode.INTERNAL,
+                    f"{exc}. crilab fault injection: inject_latency takes seconds >= 0 or a "
+                    "function returning them; clear_faults() removes this one",
+                )
+            plan.note = f"latency {plan.delay:.3f}s"
+            if plan.delay > 0:
+                self._sleep(plan, context)
+            else:
+                self._unregister(plan)
+        if plan.error is not None:
+            if plan.reason == "cleared":
+                return  # the error was cleared while the call waited: it goes on unfailed
+            plan.note = f"{plan.note}, error" if plan.note else "error"
+            assert plan.error.code is not None
+            context.abort(plan.error.code, plan.error.message)
+
+    def _unregister(self, plan: _Plan) -> None:
+        with self._lock:
+            self._sleeping.discard(plan)
+
+    def _sleep(self, plan: _Plan, context) -> None:
+        """Wait out ``plan.delay``, but no longer than the client waits for the answer
+        (unless the latency ignores the deadline)."""
+        assert plan.wake is not None
+        delay = plan.delay
+        remaining = context.time_remaining()  # the time to the deadline, or a huge number
+        t0 = time.perf_counter()
+        if plan.ignore_deadline:
+            cap = delay
+            plan.wake.wait(delay)  # only clear_faults() and stop() end it early
+        else:
+            cap = delay if remaining is None or remaining >= delay else remaining
+            # grpc runs the callback when the call ends: a cancel, a passed deadline, a stop
+            if context.add_callback(lambda: self._ended(plan)):
+                plan.wake.wait(cap)
+            else:
+                self._ended(plan)  # the call ended before the wait began
+        waited = time.perf_counter() - t0
+        self._unregister(plan)
+        reason = plan.reason
+        if reason is None and cap >= delay:
+            return  # waited the whole delay: the call goes on
+        if reason == "cleared":
+            plan.note = f"{plan.note} (cleared after {waited:.3f}s)"
+            return
+        if reason == "stopped":
+            plan.note = f"{plan.note} (runtime stopped after {waited:.3f}s)"
             context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the request is not a valid {request.message_type} message "
-                f"({request.size} bytes; protobuf could not decode it: {request.error}). "
-                f"Send a serialized {request.message_type.rpartition('.')[2]}, e.g. "
-                "through the generated stub",
+                grpc.StatusCode.UNAVAILABLE,
+                f"the fake runtime stopped while this call waited out an injected latency "
+                f"of {delay:.3f}s (after {waited:.3f}s)",
             )
-        if delay:
-            time.sleep(delay)  # outside every lock
-        if error is not None:
-            assert error.code is not None
-            context.abort(error.code, error.message)
+        left = context.time_remaining()
+        if reason is None or (left is not None and left <= 0):
+            plan.note = f"{plan.note} (deadline passed after {waited:.3f}s)"
+            context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the call's deadline passed while it waited out an injected latency of "
+                f"{delay:.3f}s (after {waited:.3f}s)",
+            )
+        plan.note = f"{plan.note} (cancelled after {waited:.3f}s)"
+        context.abort(
+            grpc.StatusCode.CANCELLED,
+            f"the client cancelled the call while it waited out an injected latency of "
+            f"{delay:.3f}s (after {waited:.3f}s)",
+        )
+
+    def _ended(self, plan: _Plan) -> None:
+        with self._lock:
+            _wake(plan, "ended")
 
     def _finish(self, service, method, request, response, context, started, t0, injected, failed):
         duration = time.perf_counter() - t0
@@ -410,6 +662,9 @@ class Instrument(grpc.ServerInterceptor):
         return message, size
 
 
+_NOT_RECORDED = ("grpc.", "crilab.")
+"""Services (by name prefix) that are served untouched: not recorded, never faulted."""
+
 _QUICK_SECONDS = 0.005
 """A returned unary call quicker than this, with time left before its deadline, is
 recorded OK without asking grpc whether the client is still waiting."""
@@ -430,13 +685,48 @@ def _size_note(message: Any, size: int) -> Any:
     return message
 
 
+def _wake(plan: _Plan, reason: str) -> None:
+    """End ``plan``'s wait for ``reason`` (the first reason wins). Call with the lock held."""
+    if plan.reason is None:
+        plan.reason = reason
+    assert plan.wake is not None
+    plan.wake.set()
+
+
+def _refuse(request: Refused, context) -> None:
+    if isinstance(request, Oversize):
+        # grpc itself would answer "Received message larger than max (N vs. M)" and never
+        # run the handler: the call would not be recorded, nor would the sender learn why.
+        context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the {request.message_type} request is {request.size} bytes, over the "
+            f"{MAX_MESSAGE_BYTES} byte (16 MiB) gRPC message limit that the kubelet and this "
+            "runtime use: a real runtime refuses it too. Send less in one message: keep "
+            "large data (files, scripts, long annotations or labels, big environment "
+            "values) out of the CRI config and mount it into the container instead",
+        )
+    assert isinstance(request, Malformed)
+    # grpc itself would answer INTERNAL ("Exception deserializing request!"): but
+    # bytes that do not decode are the caller's mistake, not a server bug.
+    context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"the request is not a valid {request.message_type} message "
+        f"({request.size} bytes; protobuf could not decode it: {request.error}). "
+        f"Send a serialized {request.message_type.rpartition('.')[2]}, e.g. "
+        "through the generated stub",
+    )
+
+
 def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    """A request deserializer that returns ``Malformed`` instead of raising."""
+    """A request deserializer that returns a ``Refused`` note instead of raising: ``Oversize``
+    past the 16 MiB limit (undecoded), ``Malformed`` for bytes that do not decode."""
     owner = getattr(deserialize, "__self__", None)
     descriptor = getattr(owner, "DESCRIPTOR", None)
     message_type = getattr(descriptor, "full_name", None) or "request"
 
     def decode(data: bytes) -> Any:
+        if len(data) > MAX_MESSAGE_BYTES:
+            return Oversize(message_type, len(data))
         try:
             return deserialize(data)
         except Exception as exc:
@@ -445,11 +735,15 @@ def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return decode
 
 
-def _note(delay: float, error: _Fault | None) -> str:
-    parts = [f"latency {delay:.3f}s"] if delay else []
-    if error is not None:
-        parts.append("error")
-    return ", ".join(parts)
+def check_history(history: Any) -> int:
+    """``history`` as a bound on the recorded calls, or a ValueError that says what to pass."""
+    if isinstance(history, bool) or not isinstance(history, int) or history <= 0:
+        raise ValueError(
+            f"history is how many calls to keep, a whole number > 0 (e.g. history=10_000), "
+            f"not {history!r}: the history is a ring buffer, bounded so that a long-running "
+            "runtime does not grow without limit"
+        )
+    return history
 
 
 def format_calls(calls: Sequence[Call]) -> str:

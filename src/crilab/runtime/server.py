@@ -5,6 +5,9 @@
     rt.state                                  # the RuntimeState, for direct calls
     rt.calls, rt.inject_error(...), rt.reset(), rt.stop()
 
+Next to the CRI services it serves crilab's control service (``control.py``), so that
+another process can do the same: ``RemoteControl(rt.endpoint).inject_error(...)``.
+
 The same state, servicers and interceptor run in-process (this class, on a
 background thread) and as ``crilab serve`` (``serve.py``): one backend, two
 ways to reach it.
@@ -19,12 +22,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..serving import GrpcServer
-from ..stubs import api_pb2, api_pb2_grpc
-from .instrument import Call, Instrument, Lognormal
+from ..stubs import api_pb2, api_pb2_grpc, control_pb2_grpc
+from .control import CONTROL_SERVICE, ControlServicer, RemoteControl
+from .instrument import UNSET, Call, Instrument, Lognormal, check_history
 from .servicer import ImageServicer, RuntimeServicer
 from .state import RuntimeState
 
-__all__ = ["Call", "FakeRuntime", "Lognormal"]
+__all__ = ["Call", "FakeRuntime", "Lognormal", "RemoteControl"]
 
 RUNTIME_SERVICE = "runtime.v1.RuntimeService"
 IMAGE_SERVICE = "runtime.v1.ImageService"
@@ -43,7 +47,7 @@ class FakeRuntime:
     ``listen``: ``None`` for a private unix socket, ``"unix:///path.sock"``, or
     ``"tcp://127.0.0.1:0"`` (port 0 picks a free port). ``images``: references
     present from the start, e.g. ``["busybox"]``. ``seed`` makes IDs
-    deterministic. ``history`` bounds the recorded calls.
+    deterministic. ``history`` bounds the recorded calls (a whole number > 0).
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class FakeRuntime:
         history: int = 10_000,
         max_workers: int = 32,
     ) -> None:
+        check_history(history)  # before anything is started that would need stopping
         self.state = RuntimeState(images=images, seed=seed)
         self.instrument = Instrument(history=history, methods=_method_names())
         self.health = health.HealthServicer()
@@ -76,12 +81,22 @@ class FakeRuntime:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", RUNTIME_SERVICE, IMAGE_SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        control_pb2_grpc.add_ControlServicer_to_server(
+            ControlServicer(self.instrument, self.reset), server
+        )
         reflection.enable_server_reflection(
-            (RUNTIME_SERVICE, IMAGE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            (
+                RUNTIME_SERVICE,
+                IMAGE_SERVICE,
+                CONTROL_SERVICE,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
 
     def _closing(self) -> None:
+        self.instrument.stop()  # also when the interpreter exits without rt.stop()
         self.health.enter_graceful_shutdown()
         self.state.close()
 
@@ -104,7 +119,12 @@ class FakeRuntime:
         return f"crictl --runtime-endpoint {ep} --image-endpoint {ep}"
 
     def stop(self, grace: float | None = 0.5) -> None:
-        """Stop serving, remove the socket, end the timers. A new FakeRuntime can follow."""
+        """Stop serving, remove the socket, end the timers. A new FakeRuntime can follow.
+
+        Calls waiting out an injected latency end at once (UNAVAILABLE), so none holds a
+        worker thread past the stop."""
+        if self._server.running:
+            self.instrument.stop()
         self._server.stop(grace)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -164,20 +184,33 @@ class FakeRuntime:
         method: str,
         code: grpc.StatusCode | str,
         message: str = "",
-        times: int | None = 1,
+        times: int | None = UNSET,
         probability: float | None = None,
+        seed: int | str | None = None,
     ) -> None:
-        """Make the next ``times`` calls of ``method`` ("*" for all) fail with ``code``."""
-        self.instrument.inject_error(method, code, message, times, probability)
+        """Make calls of ``method`` ("*" for all) fail with ``code``.
+
+        Neither ``times`` nor ``probability``: the next call fails. ``times=N``: the next
+        N calls; ``times=None``: every call until ``clear_faults()``. ``probability=p``:
+        each call fails with chance p until cleared, or until ``times`` calls failed when
+        both are given. ``seed`` makes the chance repeatable.
+        """
+        self.instrument.inject_error(method, code, message, times, probability, seed)
 
     def inject_latency(
         self,
         seconds: float | Callable[[], float],
         method: str | None = None,
         times: int | None = None,
+        *,
+        ignore_deadline: bool = False,
     ) -> None:
-        """Delay calls by ``seconds`` or a draw such as ``Lognormal(p50=0.002, p99=0.02)``."""
-        self.instrument.inject_latency(seconds, method, times)
+        """Delay calls by ``seconds`` or a draw such as ``Lognormal(p50=0.002, p99=0.02)``.
+
+        A delayed call ends when its deadline passes or its client cancels; with
+        ``ignore_deadline=True`` the runtime works on for a caller that has gone."""
+        self.instrument.inject_latency(seconds, method, times, ignore_deadline=ignore_deadline)
 
     def clear_faults(self) -> None:
+        """Remove every fault; calls still waiting out an injected latency go on at once."""
         self.instrument.clear_faults()
