@@ -645,6 +645,25 @@ def test_history_keeps_messages_within_a_byte_budget(monkeypatch) -> None:
         client.close()
 
 
+def test_messages_leave_with_their_calls() -> None:
+    """Small answers never reach the byte budget: they must still go when their call
+    leaves the ring buffer, or a long-running kernel grows by every Version it served."""
+    import gc
+
+    from crilab import FakeRuntime, connect
+    from crilab.stubs import api_pb2 as pb
+
+    with FakeRuntime(history=50) as rt:
+        client = connect(rt.endpoint)
+        for _ in range(300):
+            client.version()
+        client.close()
+        assert len(rt.calls) == 50
+        gc.collect()
+        alive = sum(isinstance(o, pb.VersionResponse) for o in gc.get_objects())
+        assert alive <= 60, f"{alive} VersionResponse messages kept for a history of 50 calls"
+
+
 # -- requests past the message limit ---------------------------------------------------------
 
 

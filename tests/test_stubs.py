@@ -109,7 +109,7 @@ def test_broken_proto_reports_file_and_line(cache: dict[str, str], protos: Path)
 
 
 def test_unknown_proto_name_lists_the_known_ones() -> None:
-    with pytest.raises(ModuleNotFoundError, match="known: api, helloworld"):
+    with pytest.raises(ModuleNotFoundError, match="known: api, control, helloworld"):
         stubs.load("nosuch_pb2")
 
 
@@ -354,7 +354,7 @@ def test_tap_rejects_bad_arguments_with_a_message(args: tuple[str, ...], says: s
     assert "Traceback" not in done.stderr
 
 
-SUBCOMMANDS = {"gen", "serve", "tap"}
+SUBCOMMANDS = {"ctl", "gen", "serve", "tap"}
 
 
 def test_cli_help_lists_every_subcommand() -> None:

@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tap.add_argument("--json", type=Path, metavar="FILE", help="write the capture as JSON on exit")
     tap.set_defaults(func=_cmd_tap)
+
+    from .runtime.ctl import add_parser as add_ctl_parser  # parses only: grpc loads on use
+
+    add_ctl_parser(sub)
     return parser
 
 

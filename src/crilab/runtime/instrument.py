@@ -422,6 +422,10 @@ class Instrument(grpc.ServerInterceptor):
             if request_size or response_size:
                 self._kept.append((call, request_size, response_size))
                 self._kept_bytes += request_size + response_size
+                # calls the ring buffer has already dropped: their messages go with them
+                while len(self._kept) > (self._calls.maxlen or 0):
+                    _, old_request, old_response = self._kept.popleft()
+                    self._kept_bytes -= old_request + old_response
                 while self._kept_bytes > KEEP_TOTAL_BYTES:
                     old, old_request, old_response = self._kept.popleft()
                     self._kept_bytes -= old_request + old_response
