@@ -13,8 +13,11 @@ import concurrent.futures.thread
 import contextlib
 import ipaddress
 import os
+import secrets
 import shutil
+import sys
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -24,7 +27,16 @@ from typing import Any
 
 import grpc
 
-from .endpoints import Endpoint, EndpointError, parse, private_socket_dir, reclaim_stale_socket
+from .endpoints import (
+    MAX_SOCKET_PATH,
+    Endpoint,
+    EndpointError,
+    parse,
+    private_socket,
+    reclaim_stale_socket,
+    remove_socket,
+    socket_identity,
+)
 
 #: The kubelet accepts CRI messages up to 16 MiB; so do we, both ways.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -58,6 +70,19 @@ concurrent.futures.thread  # noqa: B018 - imported for its exit hook, before our
 threading._register_atexit(_stop_all_at_exit)
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _outside_crilab() -> int:
+    """The ``stacklevel`` of the first caller outside crilab (a warning points at its line)."""
+    frame = sys._getframe(1)  # the function that will call warnings.warn
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
 def _is_loopback(host: str) -> bool:
     """Whether ``host`` reaches this machine only (``0.0.0.0`` and ``::`` reach every interface)."""
     if host.lower() == "localhost":
@@ -66,6 +91,22 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a host name: it may well resolve to a public address
+
+
+def warn_if_reachable(bound: Endpoint, what: str, risk: str) -> None:
+    """Warn, pointing at the caller's line, when ``bound`` is a TCP address off loopback.
+
+    ``what`` names the listener ("this server"), ``risk`` what a stranger could do.
+    """
+    if bound.is_unix or _is_loopback(bound.host):
+        return
+    warnings.warn(
+        f"{bound.uri} is reachable from the network, and {what} has no authentication and "
+        f"no TLS: anyone who can reach the port can {risk}. Listen on tcp://127.0.0.1:0 or "
+        "a unix socket unless other machines must connect.",
+        UserWarning,
+        stacklevel=_outside_crilab(),
+    )
 
 
 class GrpcServer:
@@ -86,22 +127,26 @@ class GrpcServer:
         socket_name: str = "crilab.sock",
     ) -> None:
         self._private_dir: Path | None = None
+        self._identity: tuple[int, int] | None = None  # of the socket we bound
         self._stopped = threading.Event()
         self._on_stop: list[Callable[[], None]] = []
-        if listen is None:
-            self._private_dir = private_socket_dir()
-            target = parse(f"unix://{self._private_dir / socket_name}")
-        else:
-            target = parse(listen)
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="crilab-grpc"),
-            interceptors=list(interceptors),
-            options=[*SERVER_OPTIONS, *options],
+        self._executor = futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="crilab-grpc"
         )
-        register(self._server)
         try:
+            if listen is None:
+                self._private_dir, target = private_socket(socket_name)
+            else:
+                target = parse(listen)
+            self._server = grpc.server(
+                self._executor,
+                interceptors=list(interceptors),
+                options=[*SERVER_OPTIONS, *options],
+            )
+            register(self._server)
             self.endpoint: Endpoint = self._bind(target)
         except BaseException:
+            self._executor.shutdown(wait=False)
             self._remove_private_dir()
             raise
         self._server.start()
@@ -110,15 +155,7 @@ class GrpcServer:
 
     def _bind(self, target: Endpoint) -> Endpoint:
         if target.is_unix:
-            parent = Path(target.path).parent
-            if not parent.is_dir():
-                raise EndpointError(f"directory {parent} does not exist; create it first")
-            reclaim_stale_socket(target.path)
-            try:
-                self._server.add_insecure_port(target.grpc_target)
-            except RuntimeError as exc:
-                raise EndpointError(f"cannot listen on {target.uri}: {exc}") from None
-            os.chmod(target.path, 0o600)
+            self._bind_unix(target)
             return target
         try:
             port = self._server.add_insecure_port(target.grpc_target)
@@ -133,16 +170,50 @@ class GrpcServer:
                 "an address of this machine. Use port 0 for a free port."
             )
         bound = Endpoint("tcp", host=target.host, port=port)
-        if not _is_loopback(target.host):
-            warnings.warn(
-                f"{bound.uri} is reachable from the network, and this server has no "
-                "authentication and no TLS: anyone who can reach the port can call it (for "
-                "the fake runtime: create and run containers, read their logs). Listen on "
-                "tcp://127.0.0.1:0 or a unix socket unless other machines must connect.",
-                UserWarning,
-                stacklevel=4,  # _bind, GrpcServer(), FakeRuntime(): point at the caller's line
-            )
+        warn_if_reachable(
+            bound,
+            "this server",
+            "call it (for the fake runtime: create and run containers, read their logs)",
+        )
         return bound
+
+    def _bind_unix(self, target: Endpoint) -> None:
+        """Bind a unix socket at a fresh name beside ``target``, then link it into place.
+
+        grpc removes whatever socket sits at the path it bound, both before binding and
+        when it stops: so it is given a name of its own, and the socket reaches
+        ``target`` through ``link``, which fails rather than replace a socket that
+        appeared since the stale check. Only this server's socket is ever removed.
+        """
+        reclaim_stale_socket(target.path)  # also refuses a directory we cannot use
+        parent = os.path.dirname(target.path)
+        staging = os.path.join(parent, f".crilab-{secrets.token_hex(4)}")
+        if len(os.fsencode(staging)) > MAX_SOCKET_PATH:
+            staging = target.path  # no room for a second name: bind in place
+        try:
+            self._server.add_insecure_port(f"unix:{staging}")
+        except RuntimeError as exc:
+            raise EndpointError(
+                f"cannot listen on {target.uri}: {exc}. Check that its directory exists and "
+                "that this user may create files in it, or leave listen unset for a private "
+                "socket."
+            ) from None
+        os.chmod(staging, 0o600)  # before the socket has its public name
+        if staging != target.path:
+            try:
+                os.link(staging, target.path)
+            except FileExistsError:
+                os.unlink(staging)
+                raise EndpointError(
+                    f"{target.path} appeared while this server was starting (another process "
+                    "created it); crilab will not replace it. Choose another path, or leave "
+                    "listen unset for a private one."
+                ) from None
+            except OSError:  # a filesystem without hard links: rename (atomic, may replace)
+                os.rename(staging, target.path)
+            else:
+                os.unlink(staging)
+        self._identity = socket_identity(target.path)
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the server has stopped (also at interpreter exit)."""
@@ -153,19 +224,32 @@ class GrpcServer:
         return not self._stopped.is_set()
 
     def stop(self, grace: float | None = 0.5) -> None:
-        """Stop serving and remove the socket. Safe to call twice."""
+        """Stop serving, end the worker threads, remove the socket. Safe to call twice.
+
+        The socket is removed only if it is still the one this server bound: another
+        server may have taken the path over since (after someone removed ours).
+        """
         if self._stopped.is_set():
             return
         self._stopped.set()
         self._server.stop(grace).wait(timeout=5 if grace is None else grace + 5)
+        self._end_workers()
         if self.endpoint.is_unix:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.endpoint.path)
+            remove_socket(self.endpoint.path, self._identity)
         self._remove_private_dir()
         with _live_lock:
             _live.discard(self)
         for callback in self._on_stop:
             callback()
+
+    def _end_workers(self, within: float = 2.0) -> None:
+        """Shut the pool down and wait (bounded) for its threads: none outlives the server."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + within
+        me = threading.current_thread()
+        for thread in list(getattr(self._executor, "_threads", ())):
+            if thread is not me:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _remove_private_dir(self) -> None:
         if self._private_dir is not None:
