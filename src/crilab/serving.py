@@ -4,11 +4,20 @@ Shared by the helloworld server and the fake CRI runtime so that both obey the
 same rules: a private socket by default (0700 directory, 0600 socket), never a
 fixed port, port reuse off, a stopped server replaced rather than restarted,
 and every server stopped (socket removed) when the interpreter or kernel exits.
+
+grpc serves each call on one thread of a fixed pool, for as long as the call
+lasts: an open stream or a blocking wait holds its thread. So the calls that
+can last (streams, and methods marked with ``long_call``) may take at most
+three quarters of the pool; past that they are refused with RESOURCE_EXHAUSTED
+and advice, and the rest of the pool always serves the short calls (Version,
+health checks). grpc's own ``maximum_concurrent_rpcs`` bounds the queue, so a
+call is refused at once rather than left waiting for a thread until its deadline.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import concurrent.futures.thread
 import contextlib
 import ipaddress
@@ -23,7 +32,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -109,11 +118,154 @@ def warn_if_reachable(bound: Endpoint, what: str, risk: str) -> None:
     )
 
 
+# -- long calls ----------------------------------------------------------------------
+
+_LONG = "__crilab_long_call__"
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def long_call(advice: str) -> Callable[[_F], _F]:
+    """Mark an RPC method that may hold its worker thread for long (it waits, or streams).
+
+    Streaming methods count as long without the mark; ``advice`` tells a learner how to
+    end such calls, and is quoted when there are too many.
+    """
+
+    def mark(method: _F) -> _F:
+        setattr(method, _LONG, advice)
+        return method
+
+    return mark
+
+
+def long_call_limit(max_workers: int) -> int:
+    """Long calls allowed at once: a quarter of the workers (at least one) stay for short ones."""
+    return max(1, max_workers - max(1, max_workers // 4))
+
+
+_STREAM_ADVICE = "end the streams you no longer read (cancel the call, or close its channel)"
+
+
+class _WorkerGate(grpc.ServerInterceptor):
+    """Admits long calls while fewer than ``limit`` run; refuses the next with advice.
+
+    Innermost of the interceptors, so it sees the servicer's own handlers (and their
+    ``long_call`` marks), and an outer interceptor records the refusal like any status.
+    Short calls pass untouched: their handler is the servicer's own, cached per method.
+    """
+
+    def __init__(self, max_workers: int) -> None:
+        self.max_workers = max_workers
+        self.limit = long_call_limit(max_workers)
+        self._open: collections.Counter[str] = collections.Counter()
+        self._running = 0
+        self._advice: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    @property
+    def running(self) -> int:
+        """How many long calls hold a worker now."""
+        with self._lock:
+            return self._running
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        full = handler_call_details.method
+        kept = self._handlers.get(full)
+        if kept is not None and kept[0] is handler:
+            return kept[1]
+        gated = self._gated(full, handler)
+        self._handlers[full] = (handler, gated)
+        return gated
+
+    def _gated(self, full: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        method = full.rpartition("/")[2] or full
+        streams = handler.request_streaming or handler.response_streaming
+        behavior = (
+            handler.unary_unary
+            or handler.unary_stream
+            or handler.stream_unary
+            or handler.stream_stream
+        )
+        advice = getattr(behavior, _LONG, None)
+        if advice is None and not streams:
+            return handler  # a short call: nothing added to its path
+        self._advice[method] = advice or _STREAM_ADVICE
+        kinds = (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler),
+        )
+        for attr, make in kinds:
+            inner = getattr(handler, attr)
+            if inner is not None:
+                wrap = self._streaming if handler.response_streaming else self._unary
+                return make(
+                    wrap(method, inner),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler
+
+    def _unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        def call(request, context):
+            self._admit(method, context)
+            try:
+                return behavior(request, context)
+            finally:
+                self._release(method)
+
+        return call
+
+    def _streaming(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        def call(request, context):
+            self._admit(method, context)
+            try:
+                yield from behavior(request, context)
+            finally:
+                self._release(method)
+
+        return call
+
+    def _admit(self, method: str, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            if self._running < self.limit:
+                self._running += 1
+                self._open[method] += 1
+                return
+            open_now = {name: n for name, n in self._open.items() if n}
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal(method, open_now))
+
+    def _release(self, method: str) -> None:
+        with self._lock:
+            self._running -= 1
+            self._open[method] -= 1
+
+    def _refusal(self, method: str, open_now: dict[str, int]) -> str:
+        ranked = sorted(open_now.items(), key=lambda item: -item[1])
+        listed = ", ".join(f"{n} {name}" for name, n in ranked)
+        advice = "; ".join(dict.fromkeys(self._advice.get(name, "") for name, _ in ranked[:3]))
+        reserve = self.max_workers - self.limit
+        return (
+            f"{method} refused: {sum(open_now.values())} long calls are open on this server "
+            f"({listed}), its limit. Each holds one of its {self.max_workers} worker threads "
+            f"until it ends, and {reserve} threads stay free for short calls such as Version. "
+            f"Close some first: {advice}. (A server that must hold more gets more threads: "
+            "max_workers=...)"
+        )
+
+
 class GrpcServer:
     """A grpc server bound to one endpoint, serving on background threads.
 
     ``register`` adds the servicers (``add_XServicer_to_server``). ``listen`` is
-    an endpoint string; ``None`` means a private unix socket.
+    an endpoint string; ``None`` means a private unix socket. ``max_workers``
+    threads serve the calls; at most ``long_call_limit(max_workers)`` of them
+    serve long calls (streams and ``long_call`` methods) at once.
     """
 
     def __init__(
@@ -133,6 +285,7 @@ class GrpcServer:
         self._executor = futures.ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="crilab-grpc"
         )
+        self.gate = _WorkerGate(max_workers)
         try:
             if listen is None:
                 self._private_dir, target = private_socket(socket_name)
@@ -140,8 +293,11 @@ class GrpcServer:
                 target = parse(listen)
             self._server = grpc.server(
                 self._executor,
-                interceptors=list(interceptors),
+                interceptors=[*interceptors, self.gate],
                 options=[*SERVER_OPTIONS, *options],
+                # calls past this are refused at once (RESOURCE_EXHAUSTED) instead of
+                # waiting, unseen, for a thread: the queue is at most one pool deep
+                maximum_concurrent_rpcs=2 * max_workers,
             )
             register(self._server)
             self.endpoint: Endpoint = self._bind(target)

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from ..serving import MAX_MESSAGE_BYTES
+from ..serving import MAX_MESSAGE_BYTES, long_call
 from ..stubs import api_pb2, api_pb2_grpc
 from . import stats
 from .errors import CRIError, ResourceExhausted, Unimplemented
@@ -255,6 +255,10 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
         self.state.start_container(request.container_id)
         return api_pb2.StartContainerResponse()
 
+    @long_call(
+        "wait for the StopContainer calls to end their grace period, or stop with a "
+        "shorter timeout (crictl stop --timeout 0 CONTAINER)"
+    )
     def StopContainer(self, request, context):
         self.state.stop_container(
             request.container_id, request.timeout, abandoned=_abandoned(context)
@@ -294,6 +298,10 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
         self.state.reopen_container_log(request.container_id)
         return api_pb2.ReopenContainerLogResponse()
 
+    @long_call(
+        "wait for the ExecSync calls to finish, or give them a timeout "
+        "(crictl exec -s --timeout 5 ...)"
+    )
     def ExecSync(self, request, context):
         return self.state.exec_sync(
             request.container_id, list(request.cmd), request.timeout, abandoned=_abandoned(context)
@@ -338,6 +346,10 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
             "CRIU and a newer runtime; CRI-O and containerd 2.x can do it)"
         )
 
+    @long_call(
+        "cancel the event streams nobody reads: a `crictl events` left running, an "
+        "events panel you no longer watch, a `client.container_events()` loop not left"
+    )
     def GetContainerEvents(self, request, context):
         with self.state.events.subscribe() as sub:
             context.add_callback(sub.close)  # the client went away: free the queue
