@@ -401,3 +401,66 @@ def test_a_full_server_refuses_at_once_instead_of_queueing(tmp_path: Path) -> No
         small.clear_faults()
         assert stubs.version_works()
         stubs.channel.close()
+
+
+def test_every_answer_and_stream_message_over_16_mib_is_refused_with_advice(
+    rt: FakeRuntime, s: Stubs, tmp_path: Path
+) -> None:
+    """Not only the List calls: a pod with 9 MiB of annotations and a container with as
+    much make a PodSandboxStatus, a PodSandboxStats and a container event over 16 MiB.
+    Each is refused with RESOURCE_EXHAUSTED that says why (recorded so, not as OK), and
+    a single item no message can carry is named, instead of advising a stream that
+    cannot carry it either."""
+    annotations = {f"k{i}": "v" * (1 << 20) for i in range(9)}
+    logs = str(tmp_path / "logs")
+    pod = rt.state.run_pod_sandbox(pod_config("fat", log_directory=logs, annotations=annotations))
+    cfg = container_config("c", BUSYBOX, ["sleep", "infinity"], annotations=annotations)
+    rt.state.create_container(pod, cfg)
+    rt.clear_calls()
+
+    def refused(call, request) -> str:
+        with pytest.raises(grpc.RpcError) as caught:
+            result = call(request, timeout=60)
+            for _ in result if not hasattr(result, "ByteSize") else ():
+                pass
+        assert caught.value.code() == C.RESOURCE_EXHAUSTED, caught.value.details()
+        details = caught.value.details()
+        assert "16 MiB" in details and "annotations" in details
+        assert "Sent message larger than max (" not in details  # not grpc's bare one
+        return details
+
+    status = refused(s.rs.PodSandboxStatus, pb.PodSandboxStatusRequest(pod_sandbox_id=pod))
+    assert "the PodSandboxStatus answer would be" in status and "256 KiB" in status
+    stats = refused(s.rs.PodSandboxStats, pb.PodSandboxStatsRequest(pod_sandbox_id=pod))
+    assert "the PodSandboxStats answer would be" in stats
+    # the list: not "call StreamPodSandboxStats", since its one item is over the limit too
+    listed = refused(s.rs.ListPodSandboxStats, pb.ListPodSandboxStatsRequest())
+    streamed = refused(s.rs.StreamPodSandboxStats, pb.StreamPodSandboxStatsRequest())
+    for details in (listed, streamed):
+        assert f"PodSandboxStats {pod[:13]}" in details and "by itself" in details
+        assert "StreamPodSandboxStats cannot send it either" in details
+
+    # a container event carries its pod's status: the stream ends, saying why
+    events = s.rs.GetContainerEvents(pb.GetEventsRequest(), timeout=60)
+    assert _wait(lambda: rt.state.events.subscribers == 1)
+    rt.state.create_container(pod, container_config("d", BUSYBOX, ["true"]))
+    with pytest.raises(grpc.RpcError) as caught:
+        next(events)
+    assert caught.value.code() == C.RESOURCE_EXHAUSTED
+    assert "one GetContainerEvents message would be" in caught.value.details()
+
+    assert s.version_works()
+    assert _wait(lambda: any(c.method == "GetContainerEvents" for c in rt.calls))
+    recorded = {c.method: c.code for c in rt.calls}
+    for method in (
+        "PodSandboxStatus",
+        "PodSandboxStats",
+        "ListPodSandboxStats",
+        "StreamPodSandboxStats",
+        "GetContainerEvents",
+    ):
+        assert recorded[method] == "RESOURCE_EXHAUSTED", (method, recorded)
+    # and a small pod beside the fat one is answered as always
+    small = rt.state.run_pod_sandbox(pod_config("small", log_directory=logs))
+    reply = s.rs.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=small), timeout=10)
+    assert reply.status.id == small
