@@ -7,7 +7,9 @@ import queue
 import socket
 import stat
 import subprocess
+import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from matplotlib.text import Annotation
 
 import crilab
 from crilab import builders, helloworld
-from crilab.endpoints import parse
+from crilab.endpoints import EndpointError, parse
 from crilab.stubs import api_pb2, api_pb2_grpc, helloworld_pb2, helloworld_pb2_grpc
 from crilab.wiretap import (
     CLIENT_TO_SERVER,
@@ -610,3 +612,53 @@ def test_crilab_tap_command_forwards_and_reports(tmp_path) -> None:
         assert proc.returncode == 0, err
         assert "/runtime.v1.RuntimeService/Version OK" in err
         assert "/runtime.v1.RuntimeService/Version" in out.read_text()
+
+
+# -- the tap's own socket, and where it listens --------------------------------------------
+
+
+def test_stop_removes_only_the_taps_own_socket(rt, tmp_path) -> None:
+    """The tap's socket was removed and another process listens at the path now: stopping
+    the tap leaves that socket alone."""
+    path = tmp_path / "tap.sock"
+    tap = wiretap(rt.endpoint, listen=f"unix://{path}")
+    assert crilab.connect(tap.endpoint).version().runtime_api_version == "v1"
+    path.unlink()
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other.bind(str(path))
+    other.listen(1)
+    try:
+        theirs = (path.stat().st_dev, path.stat().st_ino)
+        tap.stop()
+        assert (path.stat().st_dev, path.stat().st_ino) == theirs
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(2)
+            probe.connect(str(path))
+    finally:
+        other.close()
+
+
+def test_a_long_temp_dir_is_named_and_nothing_is_left(rt, monkeypatch, tmp_path) -> None:
+    long = tmp_path / ("L" * 100)
+    long.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    with pytest.raises(EndpointError) as err:
+        wiretap(rt.endpoint)
+    assert "TMPDIR" in str(err.value) and "leave listen unset" not in str(err.value)
+    assert list(long.iterdir()) == []
+
+
+def test_listening_on_every_interface_is_warned_about(rt) -> None:
+    """As for the runtime: allowed, but warned about, pointing at the caller's line.
+    Bound and stopped at once: no traffic ever goes to a non-loopback address."""
+    with pytest.warns(UserWarning, match="reachable from the network") as caught:
+        tap = wiretap(rt.endpoint, listen="tcp://0.0.0.0:0")
+    tap.stop()
+    message = str(caught[0].message)
+    assert "this wiretap" in message and "no authentication" in message
+    assert rt.endpoint in message and "127.0.0.1" in message
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # loopback: no warning
+        wiretap(rt.endpoint, listen="tcp://127.0.0.1:0").stop()

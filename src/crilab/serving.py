@@ -86,7 +86,7 @@ def _outside_crilab() -> int:
     """The ``stacklevel`` of the first caller outside crilab (a warning points at its line)."""
     frame = sys._getframe(1)  # the function that will call warnings.warn
     level = 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR + os.sep):
         frame = frame.f_back
         level += 1
     return level

@@ -27,7 +27,16 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from ..endpoints import Endpoint, EndpointError, parse, private_socket_dir, reclaim_stale_socket
+from ..endpoints import (
+    Endpoint,
+    EndpointError,
+    parse,
+    private_socket,
+    reclaim_stale_socket,
+    remove_socket,
+    socket_identity,
+)
+from ..serving import warn_if_reachable
 from .decode import CLIENT_TO_SERVER, SERVER_TO_CLIENT, CallRecord, Capture, FrameRecord
 
 __all__ = ["Tap", "wiretap"]
@@ -118,6 +127,7 @@ class Tap:
         self.capture = Capture(capacity)
         self._stopped = threading.Event()
         self._private_dir: Path | None = None
+        self._identity: tuple[int, int] | None = None  # of the socket we bound
         self._connections: dict[int, _Connection] = {}
         self._conn_lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -130,12 +140,11 @@ class Tap:
         self._last_submit = 0.0
         self._decode_lock = threading.RLock()
         self._wake = threading.Event()
-        if listen is None:
-            self._private_dir = private_socket_dir()
-            target = parse(f"unix://{self._private_dir / 'tap.sock'}")
-        else:
-            target = parse(listen)
         try:
+            if listen is None:
+                self._private_dir, target = private_socket("tap.sock")
+            else:
+                target = parse(listen)
             self._listener, self._endpoint = self._bind(target)
         except BaseException:
             self._remove_private_dir()
@@ -153,20 +162,18 @@ class Tap:
 
     # -- listening -------------------------------------------------------------
 
-    @staticmethod
-    def _bind(target: Endpoint) -> tuple[socket.socket, Endpoint]:
+    def _bind(self, target: Endpoint) -> tuple[socket.socket, Endpoint]:
         if target.is_unix:
-            parent = Path(target.path).parent
-            if not parent.is_dir():
-                raise EndpointError(f"directory {parent} does not exist; create it first")
-            reclaim_stale_socket(target.path)
+            reclaim_stale_socket(target.path)  # also refuses a directory we cannot use
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.bind(target.path)
+                sock.bind(target.path)  # fails, never replaces, if the path exists
+                self._identity = socket_identity(target.path)
                 os.chmod(target.path, 0o600)
                 sock.listen(64)
             except OSError as exc:
                 sock.close()
+                remove_socket(target.path, self._identity)
                 raise EndpointError(f"cannot listen on {target.uri}: {exc}") from None
             return sock, target
         family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
@@ -179,7 +186,13 @@ class Tap:
             raise EndpointError(
                 f"cannot listen on {target.uri}: {exc}. Use port 0 for a free port."
             ) from None
-        return sock, Endpoint("tcp", host=target.host, port=sock.getsockname()[1])
+        bound = Endpoint("tcp", host=target.host, port=sock.getsockname()[1])
+        warn_if_reachable(
+            bound,
+            "this wiretap",
+            f"call the server behind it ({self.upstream.uri}) through it",
+        )
+        return sock, bound
 
     @property
     def endpoint(self) -> str:
@@ -423,9 +436,8 @@ class Tap:
         deadline = time.monotonic() + 2
         while self.connections and time.monotonic() < deadline:
             time.sleep(0.005)  # the pumps close their sockets and report the close
-        if self._endpoint.is_unix:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._endpoint.path)
+        if self._endpoint.is_unix:  # only our own: another may have taken the path since
+            remove_socket(self._endpoint.path, self._identity)
         self._remove_private_dir()
         self._wake.set()  # the decoder thread ends; what is left is decoded on the next read
         self._decoder.join(timeout=2)
