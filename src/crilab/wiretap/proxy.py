@@ -10,6 +10,11 @@ Decoding is deferred: it runs when someone reads ``Tap.frames`` / ``Tap.calls``
 (on the reader's thread), or on a background thread once the traffic pauses
 or the backlog grows. Forwarding never waits for it, and a decoding error is
 recorded, never raised into the forwarding path.
+
+The backlog is bounded (``MAX_BACKLOG_BYTES``): when decoding falls that far
+behind the traffic, the direction whose bytes would pass the bound is no longer
+decoded (HPACK cannot resume after a gap), with a note saying so; its bytes are
+forwarded as ever. A new connection is decoded again.
 """
 
 from __future__ import annotations
@@ -44,8 +49,12 @@ __all__ = ["Tap", "wiretap"]
 _CHUNK = 256 * 1024
 #: Decode in the background once traffic has paused this long...
 IDLE_SECONDS = 0.05
-#: ...or once this many bytes wait (the raw backlog stays bounded).
+#: ...or once this many bytes wait.
 BACKLOG_BYTES = 4 * 1024 * 1024
+#: Bytes waiting for the decoder at most: past it, a direction stops being decoded.
+MAX_BACKLOG_BYTES = 64 * 1024 * 1024
+#: The decoder gives back what it has decoded of the backlog's bytes this often.
+_ACCOUNT_BYTES = 1024 * 1024
 _CONNECT_TIMEOUT = 5.0
 
 _live: weakref.WeakSet[Tap] = weakref.WeakSet()
@@ -134,7 +143,8 @@ class Tap:
         # decoder hand-off: chunks not yet decoded, in arrival order
         self._backlog: collections.deque[tuple[int, str, Any, float]] = collections.deque()
         self._backlog_lock = threading.Lock()
-        self._backlog_bytes = 0
+        self._backlog_bytes = 0  # submitted and not yet decoded
+        self._undecoded: set[tuple[int, str]] = set()  # directions past the backlog bound
         self._submitted = 0  # chunks handed over
         self._decoded = 0  # chunks decoded (under _decode_lock)
         self._last_submit = 0.0
@@ -289,31 +299,75 @@ class Tap:
     # -- decoding (on its own thread) --------------------------------------------
 
     def _submit(self, ident: int, what: str, data: Any, when: float) -> None:
-        """Hand a chunk over for decoding: a deque append, nothing more, on the hot path."""
+        """Hand a chunk over for decoding: a deque append, nothing more, on the hot path.
+
+        Past ``MAX_BACKLOG_BYTES`` waiting, this chunk's direction is given up: a note
+        goes in its place, and its later chunks are not queued (they are still sent).
+        """
+        size = len(data) if isinstance(data, bytes) else 0
         with self._backlog_lock:
+            if size:
+                key = (ident, what)
+                if key in self._undecoded:
+                    return
+                if self._backlog_bytes + size > MAX_BACKLOG_BYTES:
+                    self._undecoded.add(key)
+                    what, data, size = "gap", (what, self._gap_note(what)), 0
+            elif what == "closed":
+                self._undecoded.discard((ident, CLIENT_TO_SERVER))
+                self._undecoded.discard((ident, SERVER_TO_CLIENT))
             if not self._backlog:
                 self._wake.set()  # start the decoder's idle timer
             self._backlog.append((ident, what, data, when))
-            self._backlog_bytes += len(data) if isinstance(data, bytes) else 0
+            self._backlog_bytes += size
             self._submitted += 1
             self._last_submit = time.monotonic()
             if self._backlog_bytes >= BACKLOG_BYTES:
                 self._wake.set()
 
-    def _decode_backlog(self, target: int | None = None) -> None:
-        """Decode queued chunks in order, on the calling thread, up to ``target`` (or all)."""
+    def _gap_note(self, direction: str) -> str:
+        return (
+            f"the tap stopped decoding {direction} of this connection: decoding fell "
+            f"{self._backlog_bytes} bytes behind the traffic (its bound is "
+            f"{MAX_BACKLOG_BYTES}). Its bytes are still forwarded, untouched, but no longer "
+            "shown: HPACK header compression cannot resume after a gap. A new connection "
+            "is decoded again."
+        )
+
+    def _decode_backlog(self, target: int | None = None, deadline: float | None = None) -> bool:
+        """Decode queued chunks in order, on the calling thread, up to ``target`` (or all).
+
+        False if ``deadline`` (``time.monotonic()``) came first: what is left waits,
+        in order, for the next decoder.
+        """
         with self._decode_lock:  # taken before the batch, so batches are decoded in order
             while target is None or self._decoded < target:
                 with self._backlog_lock:
                     batch, self._backlog = self._backlog, collections.deque()
-                    self._backlog_bytes = 0
                 if not batch:
-                    return
-                for ident, what, data, when in batch:
-                    self._decode_one(ident, what, data, when)
-                self._decoded += len(batch)
+                    return True
+                done_bytes = 0
+                try:
+                    while batch:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            with self._backlog_lock:
+                                self._backlog.extendleft(reversed(batch))
+                            return False
+                        ident, what, data, when = batch.popleft()
+                        self._decode_one(ident, what, data, when)
+                        self._decoded += 1
+                        if isinstance(data, bytes):
+                            done_bytes += len(data)
+                            if done_bytes >= _ACCOUNT_BYTES:
+                                with self._backlog_lock:
+                                    self._backlog_bytes -= done_bytes
+                                done_bytes = 0
+                finally:
+                    with self._backlog_lock:
+                        self._backlog_bytes -= done_bytes
                 if target is None:
-                    return
+                    return True
+            return True
 
     def _decode_one(self, ident: int, what: str, data: Any, when: float) -> None:
         try:
@@ -321,6 +375,9 @@ class Tap:
                 self.capture.closed(ident)
             elif what == "note":
                 self.capture.note(ident, "tap", data, when)
+            elif what == "gap":
+                direction, text = data
+                self.capture.gap(ident, direction, text, when)
             else:
                 self.capture.feed(ident, what, data, when)
         except Exception as exc:  # the decoder must outlive any bad input
@@ -353,17 +410,18 @@ class Tap:
         """Decode everything forwarded so far (on this thread); False if that timed out.
 
         Only the bytes that passed before the call count, so a busy stream
-        (an event stream, a benchmark) cannot keep this going.
+        (an event stream, a benchmark) cannot keep this going; and ``timeout``
+        bounds the decoding too, not only the wait for the decoder.
         """
+        deadline = time.monotonic() + max(0.0, timeout)
         with self._backlog_lock:
             target = self._submitted
-        if not self._decode_lock.acquire(timeout=timeout):
+        if not self._decode_lock.acquire(timeout=max(0.0, timeout)):
             return False
         try:
-            self._decode_backlog(target)
+            return self._decode_backlog(target, deadline)
         finally:
             self._decode_lock.release()
-        return True
 
     # -- the capture -------------------------------------------------------------
 
