@@ -769,6 +769,42 @@ def big_runtime() -> Iterator[crilab.FakeRuntime]:
         yield runtime
 
 
+def test_ping_and_window_update_frames_are_shown_for_what_they_are(big_runtime) -> None:
+    """An ~800 kB answer moves under HTTP/2 flow control (WINDOW_UPDATE), and grpc probes
+    the bandwidth with PINGs, each echoed in an ACK: decoded and rendered as such."""
+    with wiretap(big_runtime.endpoint) as tap, channel(tap.endpoint) as tapped:
+        reply = api_pb2_grpc.RuntimeServiceStub(tapped).ListContainers(
+            api_pb2.ListContainersRequest(), timeout=20
+        )
+        assert len(reply.containers) == 2000
+        pings = [f for f in tap.frames if f.type == "PING"]
+        asked = [f for f in pings if not f.detail["ack"]]
+        assert asked, [f.type for f in tap.frames]
+        for ping in asked:
+            assert len(bytes.fromhex(ping.detail["opaque_data"])) == 8
+            assert ping.stream == 0 and ping.length == 8
+        answered = {(f.direction, f.detail["opaque_data"]) for f in pings if f.detail["ack"]}
+        assert any(
+            (
+                SERVER_TO_CLIENT if p.direction == CLIENT_TO_SERVER else CLIENT_TO_SERVER,
+                p.detail["opaque_data"],
+            )
+            in answered
+            for p in asked
+        ), "a PING's ACK carries its opaque data back"
+        updates = [f for f in tap.frames if f.type == "WINDOW_UPDATE"]
+        assert updates and all(f.detail["increment"] > 0 for f in updates)
+        assert all(f.length == 4 for f in updates)
+        # the client, to receive 800 kB, opens the connection's window (stream 0)
+        assert any(f.direction == CLIENT_TO_SERVER and f.stream == 0 for f in updates)
+        page = tap.transcript_html(limit=0)
+        increment = updates[0].detail["increment"]
+        assert f"+{increment} bytes of flow-control window" in page
+        assert "<b>PING</b>" in page and f"opaque {asked[0].detail['opaque_data']}" in page
+        acked = next(f for f in pings if f.detail["ack"])
+        assert f"ACK of opaque {acked.detail['opaque_data']}" in page
+
+
 def test_a_decoder_that_falls_behind_stops_decoding_not_forwarding(
     big_runtime, monkeypatch
 ) -> None:
