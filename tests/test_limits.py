@@ -3,7 +3,9 @@
 Messages past 16 MiB are refused both ways with RESOURCE_EXHAUSTED (an oversize
 answer with advice on what to do instead), the Stream* calls deliver any list in
 chunks under the limit, and the call history, the event queues and the container
-logs all stay bounded however long the runtime runs.
+logs all stay bounded however long the runtime runs. Long calls (event streams,
+blocking ExecSync and StopContainer) can hold at most part of the server's
+threads, so short calls are always served.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from crilab import FakeRuntime
+from crilab import FakeRuntime, serving
 from crilab.builders import container_config, pod_config
 from crilab.client import CHANNEL_OPTIONS
 from crilab.runtime import instrument, processes
@@ -307,11 +311,157 @@ def test_stop_and_exec_give_up_with_their_caller(rt: FakeRuntime, s: Stubs, tmp_
         else:
             request = pb.ExecSyncRequest(container_id=cid, cmd=["sleep", "infinity"])
             futures.append(s.rs.ExecSync.future(request, timeout=0.3))
-    assert all(f.exception().code() == C.DEADLINE_EXCEEDED for f in futures)
-    assert running["started"] >= 20  # (calls still queued at their deadline never start)
+    # past the long-call limit a call is refused at once, with advice; the rest run
+    # until their caller gives up
+    codes = [f.exception().code() for f in futures]
+    assert set(codes) <= {C.DEADLINE_EXCEEDED, C.RESOURCE_EXHAUSTED}, codes
+    assert codes.count(C.DEADLINE_EXCEEDED) >= 20
+    assert running["started"] >= 20
     assert _wait(lambda: running["now"] == 0, within=2), running
     t0 = time.monotonic()
     assert s.version_works()
     assert time.monotonic() - t0 < 1.5
     status = s.rs.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=5)
     assert status.status.state == pb.CONTAINER_RUNNING  # as containerd: still running
+
+
+# -- worker threads: long calls never starve short ones ---------------------------------
+
+
+def _streams(rs: api_pb2_grpc.RuntimeServiceStub, count: int) -> list[Any]:
+    return [rs.GetContainerEvents(pb.GetEventsRequest(), timeout=120) for _ in range(count)]
+
+
+def test_long_calls_are_capped_so_short_calls_are_always_served(
+    rt: FakeRuntime, s: Stubs, tmp_path: Path
+) -> None:
+    """As many event streams as the limit allows (crictl events, panels, leaked loops):
+    the next long call is refused at once with advice, while Version and the health
+    check are answered; once a stream closes, a new one is served again."""
+    limit = serving.long_call_limit(32)
+    assert 0 < limit < 32
+    streams = _streams(s.rs, limit)
+    try:
+        assert _wait(lambda: rt.state.events.subscribers == limit), rt.state.events.subscribers
+        with pytest.raises(grpc.RpcError) as caught:
+            next(s.rs.GetContainerEvents(pb.GetEventsRequest(), timeout=10))
+        err = caught.value
+        assert err.code() == C.RESOURCE_EXHAUSTED
+        details = err.details()
+        assert f"{limit} long calls are open" in details
+        assert f"{limit} GetContainerEvents" in details and "crictl events" in details
+        assert "32 worker threads" in details
+        # a blocking ExecSync shares the limit: refused too, not left waiting
+        pod = rt.state.run_pod_sandbox(pod_config("p", log_directory=str(tmp_path / "l")))
+        cid = rt.state.create_container(pod, container_config("c", BUSYBOX, ["sleep", "1d"]))
+        rt.state.start_container(cid)
+        with pytest.raises(grpc.RpcError) as caught:
+            s.rs.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sleep", "9"]), timeout=10)
+        assert caught.value.code() == C.RESOURCE_EXHAUSTED
+        assert "GetContainerEvents" in caught.value.details()
+        # short calls: answered (a hang would end in DEADLINE_EXCEEDED after 5 s)
+        health = health_pb2_grpc.HealthStub(s.channel)
+        for _ in range(20):
+            assert s.version_works()
+            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert s.rs.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=5)
+        refused = [c for c in rt.calls if c.code == "RESOURCE_EXHAUSTED"]
+        assert [c.method for c in refused] == ["GetContainerEvents", "ExecSync"]
+        assert all("worker threads" in c.details for c in refused)
+        # close one: a new stream is admitted and gets events
+        streams.pop().cancel()
+        assert _wait(lambda: rt.state.events.subscribers == limit - 1)
+        assert _wait(lambda: rt._server.gate.running == limit - 1)
+        fresh = s.rs.GetContainerEvents(pb.GetEventsRequest(), timeout=30)
+        streams.append(fresh)
+        assert _wait(lambda: rt.state.events.subscribers == limit)
+        rt.state.stop_container(cid, 0)
+        event = next(fresh)
+        assert event.container_id == cid
+        assert event.container_event_type == pb.CONTAINER_STOPPED_EVENT
+    finally:
+        for stream in streams:
+            stream.cancel()
+    assert _wait(lambda: rt._server.gate.running == 0)
+    assert _wait(lambda: rt.state.events.subscribers == 0)
+
+
+def test_a_full_server_refuses_at_once_instead_of_queueing(tmp_path: Path) -> None:
+    """Every worker busy (here: an injected latency) and the queue full: the next call is
+    refused at once with RESOURCE_EXHAUSTED, not left waiting for its deadline."""
+    with FakeRuntime(max_workers=4) as small:
+        stubs = Stubs(small)
+        small.inject_latency(1.0, method="Version")
+        futures = [stubs.rs.Version.future(pb.VersionRequest(), timeout=60) for _ in range(12)]
+        codes = [f.code() for f in futures]
+        refused = [f for f in futures if f.code() == C.RESOURCE_EXHAUSTED]
+        assert refused, codes  # 4 running + 4 queued at most: the rest refused
+        assert all("Concurrent RPC limit" in f.details() for f in refused)
+        assert set(codes) == {C.OK, C.RESOURCE_EXHAUSTED}
+        small.clear_faults()
+        assert stubs.version_works()
+        stubs.channel.close()
+
+
+def test_every_answer_and_stream_message_over_16_mib_is_refused_with_advice(
+    rt: FakeRuntime, s: Stubs, tmp_path: Path
+) -> None:
+    """Not only the List calls: a pod with 9 MiB of annotations and a container with as
+    much make a PodSandboxStatus, a PodSandboxStats and a container event over 16 MiB.
+    Each is refused with RESOURCE_EXHAUSTED that says why (recorded so, not as OK), and
+    a single item no message can carry is named, instead of advising a stream that
+    cannot carry it either."""
+    annotations = {f"k{i}": "v" * (1 << 20) for i in range(9)}
+    logs = str(tmp_path / "logs")
+    pod = rt.state.run_pod_sandbox(pod_config("fat", log_directory=logs, annotations=annotations))
+    cfg = container_config("c", BUSYBOX, ["sleep", "infinity"], annotations=annotations)
+    rt.state.create_container(pod, cfg)
+    rt.clear_calls()
+
+    def refused(call, request) -> str:
+        with pytest.raises(grpc.RpcError) as caught:
+            result = call(request, timeout=60)
+            for _ in result if not hasattr(result, "ByteSize") else ():
+                pass
+        assert caught.value.code() == C.RESOURCE_EXHAUSTED, caught.value.details()
+        details = caught.value.details()
+        assert "16 MiB" in details and "annotations" in details
+        assert "Sent message larger than max (" not in details  # not grpc's bare one
+        return details
+
+    status = refused(s.rs.PodSandboxStatus, pb.PodSandboxStatusRequest(pod_sandbox_id=pod))
+    assert "the PodSandboxStatus answer would be" in status and "256 KiB" in status
+    stats = refused(s.rs.PodSandboxStats, pb.PodSandboxStatsRequest(pod_sandbox_id=pod))
+    assert "the PodSandboxStats answer would be" in stats
+    # the list: not "call StreamPodSandboxStats", since its one item is over the limit too
+    listed = refused(s.rs.ListPodSandboxStats, pb.ListPodSandboxStatsRequest())
+    streamed = refused(s.rs.StreamPodSandboxStats, pb.StreamPodSandboxStatsRequest())
+    for details in (listed, streamed):
+        assert f"PodSandboxStats {pod[:13]}" in details and "by itself" in details
+        assert "StreamPodSandboxStats cannot send it either" in details
+
+    # a container event carries its pod's status: the stream ends, saying why
+    events = s.rs.GetContainerEvents(pb.GetEventsRequest(), timeout=60)
+    assert _wait(lambda: rt.state.events.subscribers == 1)
+    rt.state.create_container(pod, container_config("d", BUSYBOX, ["true"]))
+    with pytest.raises(grpc.RpcError) as caught:
+        next(events)
+    assert caught.value.code() == C.RESOURCE_EXHAUSTED
+    assert "one GetContainerEvents message would be" in caught.value.details()
+
+    assert s.version_works()
+    assert _wait(lambda: any(c.method == "GetContainerEvents" for c in rt.calls))
+    recorded = {c.method: c.code for c in rt.calls}
+    for method in (
+        "PodSandboxStatus",
+        "PodSandboxStats",
+        "ListPodSandboxStats",
+        "StreamPodSandboxStats",
+        "GetContainerEvents",
+    ):
+        assert recorded[method] == "RESOURCE_EXHAUSTED", (method, recorded)
+    # and a small pod beside the fat one is answered as always
+    small = rt.state.run_pod_sandbox(pod_config("small", log_directory=logs))
+    reply = s.rs.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=small), timeout=10)
+    assert reply.status.id == small

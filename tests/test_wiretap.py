@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import queue
 import socket
 import stat
 import subprocess
+import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,13 +23,15 @@ from matplotlib.text import Annotation
 
 import crilab
 from crilab import builders, helloworld
-from crilab.endpoints import parse
+from crilab.endpoints import EndpointError, parse
 from crilab.stubs import api_pb2, api_pb2_grpc, helloworld_pb2, helloworld_pb2_grpc
 from crilab.wiretap import (
     CLIENT_TO_SERVER,
     PREFACE,
     SERVER_TO_CLIENT,
     Tap,
+    decode,
+    proxy,
     sequence_diagram,
     wiretap,
 )
@@ -309,7 +314,14 @@ def test_a_large_message_spans_data_frames_and_is_reassembled() -> None:
             assert [len(f.detail["messages"]) for f in data] == [0] * (len(data) - 1) + [1]
             (message,) = call.response_messages
             assert message["length"] == size
-            assert len(message["fields"]["containers"]) == 2000
+            # past 64 KiB a message is summarised, not decoded: 2000 containers would
+            # be megabytes of dicts, far more than a transcript can show
+            assert size > decode.DECODE_MESSAGE_BYTES
+            assert message["fields"] is None
+            assert message["summary"] == {"containers": "(2000 items)"}
+            assert str(decode.DECODE_MESSAGE_BYTES) in message["note"]
+            page = tap.transcript_html()
+            assert "summary:" in page and "(2000 items)" in page
 
 
 def test_the_capture_is_bounded(rt) -> None:
@@ -610,3 +622,290 @@ def test_crilab_tap_command_forwards_and_reports(tmp_path) -> None:
         assert proc.returncode == 0, err
         assert "/runtime.v1.RuntimeService/Version OK" in err
         assert "/runtime.v1.RuntimeService/Version" in out.read_text()
+
+
+# -- the tap's own socket, and where it listens --------------------------------------------
+
+
+def test_stop_removes_only_the_taps_own_socket(rt, tmp_path) -> None:
+    """The tap's socket was removed and another process listens at the path now: stopping
+    the tap leaves that socket alone."""
+    path = tmp_path / "tap.sock"
+    tap = wiretap(rt.endpoint, listen=f"unix://{path}")
+    assert crilab.connect(tap.endpoint).version().runtime_api_version == "v1"
+    path.unlink()
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other.bind(str(path))
+    other.listen(1)
+    try:
+        theirs = (path.stat().st_dev, path.stat().st_ino)
+        tap.stop()
+        assert (path.stat().st_dev, path.stat().st_ino) == theirs
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(2)
+            probe.connect(str(path))
+    finally:
+        other.close()
+
+
+def test_a_long_temp_dir_is_named_and_nothing_is_left(rt, monkeypatch, tmp_path) -> None:
+    long = tmp_path / ("L" * 100)
+    long.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    with pytest.raises(EndpointError) as err:
+        wiretap(rt.endpoint)
+    assert "TMPDIR" in str(err.value) and "leave listen unset" not in str(err.value)
+    assert list(long.iterdir()) == []
+
+
+def test_listening_on_every_interface_is_warned_about(rt) -> None:
+    """As for the runtime: allowed, but warned about, pointing at the caller's line.
+    Bound and stopped at once: no traffic ever goes to a non-loopback address."""
+    with pytest.warns(UserWarning, match="reachable from the network") as caught:
+        tap = wiretap(rt.endpoint, listen="tcp://0.0.0.0:0")
+    tap.stop()
+    message = str(caught[0].message)
+    assert "this wiretap" in message and "no authentication" in message
+    assert rt.endpoint in message and "127.0.0.1" in message
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # loopback: no warning
+        wiretap(rt.endpoint, listen="tcp://127.0.0.1:0").stop()
+
+
+# -- what the capture keeps stays bounded ----------------------------------------------------
+
+
+def _event_stream(tap: Tap, rt) -> Iterator[api_pb2.ContainerEventResponse]:
+    ch = channel(tap.endpoint)
+    events = api_pb2_grpc.RuntimeServiceStub(ch).GetContainerEvents(
+        api_pb2.GetEventsRequest(), timeout=60
+    )
+    deadline = time.monotonic() + 5
+    while rt.state.events.subscribers == 0:
+        assert time.monotonic() < deadline, "GetContainerEvents never subscribed"
+        time.sleep(0.005)
+    return ch, events
+
+
+@pytest.mark.parametrize("capacity", [10_000, 50])
+def test_a_long_stream_keeps_its_newest_messages_and_counts_the_rest(rt, capacity) -> None:
+    """One GetContainerEvents call with 300 events: it keeps the newest 100 (50 when the
+    whole capture holds 50), counts the older ones, and the transcript says so."""
+    pod = rt.state.run_pod_sandbox(builders.pod_config("many", uid="u-many"))
+    with wiretap(rt.endpoint, capacity=capacity) as tap:
+        ch, events = _event_stream(tap, rt)
+        ids = []
+        for i in range(150):  # created + deleted: 300 events
+            cid = rt.state.create_container(pod, builders.container_config(f"e{i}", IMAGE))
+            rt.state.remove_container(cid)
+            ids.append(cid)
+        got = [next(events) for _ in range(300)]
+        assert got[-1].container_id == ids[-1]
+        call = the_call(tap, "/runtime.v1.RuntimeService/GetContainerEvents")
+        kept = min(decode.MESSAGES_PER_CALL, capacity)
+        assert len(call.response_messages) == kept
+        assert call.responses_dropped == 300 - kept
+        assert call.response_messages[-1]["fields"]["container_id"] == ids[-1]
+        assert call.response_messages[-1]["length"] == len(got[-1].SerializeToString())
+        # the request: kept, unless the whole capture's bound let it go (it is the oldest)
+        assert len(call.request_messages) + call.requests_dropped == 1
+        assert f"(+{300 - kept} older, not kept)" in tap.transcript_html()
+        events.cancel()
+        ch.close()
+    rt.state.remove_pod_sandbox(pod)
+
+
+def test_decoded_fields_stay_within_a_byte_budget(rt) -> None:
+    """Each ListContainers answer of 100 containers decodes into ~200 kB of dicts: past the
+    budget the oldest answers keep a summary only, the newest their fields."""
+    pod = rt.state.run_pod_sandbox(builders.pod_config("budget", uid="u-budget"))
+    for i in range(100):
+        rt.state.create_container(pod, builders.container_config(f"b{i}", IMAGE))
+    with wiretap(rt.endpoint) as tap, channel(tap.endpoint) as ch:
+        budget = 200_000
+        tap.capture.keep_decoded_bytes = budget
+        stub = api_pb2_grpc.RuntimeServiceStub(ch)
+        request = api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(pod_sandbox_id=pod))
+        size = stub.ListContainers(request, timeout=10).ByteSize()
+        assert 20_000 < size < decode.DECODE_MESSAGE_BYTES  # decoded, not summarised
+        for _ in range(14):
+            stub.ListContainers(request, timeout=10)
+        tap.sync()
+        assert tap.capture.decoded_bytes <= budget
+        answers = [
+            c.response_messages[0]
+            for c in tap.calls
+            if c.method == "ListContainers" and c.response_messages
+        ]
+        assert len(answers) == 15
+        decoded = [m for m in answers if m["fields"] is not None]
+        assert 0 < len(decoded) <= budget // size
+        assert answers[-1] in decoded  # the newest keep their fields
+        for message in answers[: len(answers) - len(decoded)]:
+            assert message["fields"] is None
+            assert message["summary"] == {"containers": "(100 items)"}
+            assert "budget" in message["note"]
+        every = [m for c in tap.calls for m in (*c.request_messages, *c.response_messages)]
+        assert tap.capture.summarised == sum("budget" in m["note"] for m in every)
+        frames = [f for f in tap.frames if f.type == "DATA" and f.detail.get("messages")]
+        assert any(m["fields"] is None for f in frames for m in f.detail["messages"])
+        assert "older messages summarised" in tap.transcript_html()
+        assert json.loads(tap.to_json())["summarised"] == tap.capture.summarised
+    for cid in list(rt.state.containers):
+        if rt.state.containers[cid].pod_id == pod:
+            rt.state.remove_container(cid)
+    rt.state.remove_pod_sandbox(pod)
+
+
+@pytest.fixture
+def big_runtime() -> Iterator[crilab.FakeRuntime]:
+    """A runtime whose ListContainers answer is ~800 kB (2000 containers)."""
+    with crilab.FakeRuntime(images=[IMAGE]) as runtime:
+        pod = runtime.state.run_pod_sandbox(builders.pod_config("p"))
+        for i in range(2000):
+            runtime.state.create_container(pod, builders.container_config(f"c{i}", IMAGE))
+        yield runtime
+
+
+def test_ping_and_window_update_frames_are_shown_for_what_they_are(big_runtime) -> None:
+    """An ~800 kB answer moves under HTTP/2 flow control (WINDOW_UPDATE), and grpc probes
+    the bandwidth with PINGs, each echoed in an ACK: decoded and rendered as such."""
+    with wiretap(big_runtime.endpoint) as tap, channel(tap.endpoint) as tapped:
+        reply = api_pb2_grpc.RuntimeServiceStub(tapped).ListContainers(
+            api_pb2.ListContainersRequest(), timeout=20
+        )
+        assert len(reply.containers) == 2000
+        pings = [f for f in tap.frames if f.type == "PING"]
+        asked = [f for f in pings if not f.detail["ack"]]
+        assert asked, [f.type for f in tap.frames]
+        for ping in asked:
+            assert len(bytes.fromhex(ping.detail["opaque_data"])) == 8
+            assert ping.stream == 0 and ping.length == 8
+        answered = {(f.direction, f.detail["opaque_data"]) for f in pings if f.detail["ack"]}
+        assert any(
+            (
+                SERVER_TO_CLIENT if p.direction == CLIENT_TO_SERVER else CLIENT_TO_SERVER,
+                p.detail["opaque_data"],
+            )
+            in answered
+            for p in asked
+        ), "a PING's ACK carries its opaque data back"
+        updates = [f for f in tap.frames if f.type == "WINDOW_UPDATE"]
+        assert updates and all(f.detail["increment"] > 0 for f in updates)
+        assert all(f.length == 4 for f in updates)
+        # the client, to receive 800 kB, opens the connection's window (stream 0)
+        assert any(f.direction == CLIENT_TO_SERVER and f.stream == 0 for f in updates)
+        page = tap.transcript_html(limit=0)
+        increment = updates[0].detail["increment"]
+        assert f"+{increment} bytes of flow-control window" in page
+        assert "<b>PING</b>" in page and f"opaque {asked[0].detail['opaque_data']}" in page
+        acked = next(f for f in pings if f.detail["ack"])
+        assert f"ACK of opaque {acked.detail['opaque_data']}" in page
+
+
+def test_a_decoder_that_falls_behind_stops_decoding_not_forwarding(
+    big_runtime, monkeypatch
+) -> None:
+    """The decoder held up (as by a slow machine) while answers stream through: past the
+    backlog bound the tap stops decoding that direction, says so, and keeps forwarding
+    every byte untouched; a new connection is decoded again."""
+    monkeypatch.setattr(proxy, "MAX_BACKLOG_BYTES", 2 * 1024 * 1024)
+    with (
+        wiretap(big_runtime.endpoint) as tap,
+        channel(big_runtime.endpoint) as direct,
+        channel(tap.endpoint) as tapped,
+    ):
+        request = api_pb2.ListContainersRequest()
+        expected = api_pb2_grpc.RuntimeServiceStub(direct).ListContainers(request, timeout=20)
+        stub = api_pb2_grpc.RuntimeServiceStub(tapped)
+        with tap._decode_lock:  # nothing is decoded while this is held
+            for _ in range(6):  # ~5 MB: past the 2 MiB bound
+                got = stub.ListContainers(request, timeout=20)
+                assert got.SerializeToString() == expected.SerializeToString()
+                assert tap._backlog_bytes <= proxy.MAX_BACKLOG_BYTES
+        assert tap.sync()
+        notes = [f for f in tap.frames if f.type == "PROXY"]
+        assert [n.direction for n in notes] == [SERVER_TO_CLIENT]
+        assert "stopped decoding server→client" in notes[0].detail["note"]
+        assert "still forwarded" in notes[0].detail["note"]
+        calls = [c for c in tap.calls if c.method == "ListContainers"]
+        assert len(calls) == 6  # the requests (the other direction) are still decoded
+        assert calls[0].code == "OK"
+        unfinished = [c for c in calls if not c.code]
+        assert unfinished and all("stopped decoding" in c.note for c in unfinished)
+        assert "stopped decoding" in tap.transcript_html()
+        # still forwarding on that connection; and a new connection is decoded again
+        assert stub.Version(api_pb2.VersionRequest(), timeout=5).runtime_api_version == "v1"
+        own = [*OPTIONS, ("grpc.use_local_subchannel_pool", 1)]  # a connection of its own
+        with grpc.insecure_channel(parse(tap.endpoint).grpc_target, options=own) as fresh:
+            api_pb2_grpc.RuntimeServiceStub(fresh).Version(api_pb2.VersionRequest(), timeout=5)
+        (decoded,) = [c for c in tap.calls if c.method == "Version" and c.code]
+        assert decoded.code == "OK" and decoded.connection != calls[0].connection
+        assert decoded.response_messages[0]["fields"]["runtime_api_version"] == "v1"
+    assert tap.sync() and tap._backlog_bytes == 0  # every byte accounted for
+
+
+def test_sync_honours_its_timeout_while_decoding(rt) -> None:
+    """A backlog that takes a while to decode: sync(timeout) returns False once the time is
+    up, not when the decoding is done; what is left is decoded later, in order."""
+    pod = rt.state.run_pod_sandbox(builders.pod_config("slow", uid="u-slow"))
+    for i in range(150):  # a ~60 kB answer: decoded into fields, the slow kind
+        rt.state.create_container(pod, builders.container_config(f"s{i}", IMAGE))
+    request = api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(pod_sandbox_id=pod))
+    with wiretap(rt.endpoint) as tap, channel(tap.endpoint) as ch:
+        stub = api_pb2_grpc.RuntimeServiceStub(ch)
+        assert stub.ListContainers(request, timeout=10).ByteSize() < decode.DECODE_MESSAGE_BYTES
+        rounds = 0
+        with tap._decode_lock:  # the background decoder waits; sync, on this thread, not
+            for _ in range(200):
+                stub.ListContainers(request, timeout=10)
+            t0 = time.monotonic()
+            while not tap.sync(timeout=0.2):
+                rounds += 1
+                assert time.monotonic() - t0 < 120, "no progress"
+        assert rounds > 0, "decoding 200 answers took less than 0.2 s?"
+        calls = [c for c in tap.calls if c.method == "ListContainers"]
+        assert len(calls) == 201 and all(c.code == "OK" for c in calls)
+        streams = [c.stream for c in calls]
+        assert streams == sorted(streams)  # decoded in the order they crossed
+    for cid in [c for c, ctr in rt.state.containers.items() if ctr.pod_id == pod]:
+        rt.state.remove_container(cid)
+    rt.state.remove_pod_sandbox(pod)
+
+
+def test_compressed_messages_are_inflated_within_the_limit(tap) -> None:
+    """A gzip-compressed call is decoded; a message that would inflate past the 16 MiB
+    gRPC limit (a zip bomb, a few kB on the wire) is reported, never inflated whole."""
+    with grpc.insecure_channel(
+        parse(tap.endpoint).grpc_target, options=OPTIONS, compression=grpc.Compression.Gzip
+    ) as ch:
+        request = api_pb2.VersionRequest(version="v1" * 500)
+        api_pb2_grpc.RuntimeServiceStub(ch).Version(request, timeout=5)
+    (sent,) = the_call(tap, VERSION_PATH).request_messages
+    assert sent["compressed"] is True and sent["length"] < request.ByteSize()
+    assert sent["uncompressed_length"] == request.ByteSize()
+    assert sent["fields"] == {"version": "v1" * 500}
+
+    encoder = hpack.Encoder()
+    block = encoder.encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", VERSION_PATH),
+            (":authority", "localhost"),
+            ("content-type", "application/grpc"),
+            ("grpc-encoding", "gzip"),
+        ]
+    )
+    bomb = gzip.compress(b"\0" * (17 * 1024 * 1024))
+    assert len(bomb) < 64 * 1024
+    body = b"\x01" + len(bomb).to_bytes(4, "big") + bomb
+    frames = [HeadersFrame(1, data=block, flags=["END_HEADERS"])]
+    frames += [DataFrame(1, data=body[i : i + 16384]) for i in range(0, len(body), 16384)]
+    capture = Capture()
+    capture.feed(1, CLIENT_TO_SERVER, PREFACE + b"".join(f.serialize() for f in frames), 0.0)
+    (call,) = capture.calls
+    (message,) = call.request_messages
+    assert message["fields"] is None and "inflates to more than" in message["error"]

@@ -2,7 +2,9 @@
 
 Thin on purpose. Each RPC method unpacks its request, calls ``RuntimeState``
 and wraps the answer. Domain errors become gRPC status codes in exactly one
-place, ``_abort_with``, applied to every RPC by ``_translating``.
+place, ``_abort_with``, applied to every RPC by ``_translating``, which also
+checks every answer and every stream message against the 16 MiB message limit
+(grpc's own check fails the call with no advice, after the handler returned).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from ..serving import MAX_MESSAGE_BYTES
+from ..serving import MAX_MESSAGE_BYTES, long_call
 from ..stubs import api_pb2, api_pb2_grpc
 from . import stats
 from .errors import CRIError, ResourceExhausted, Unimplemented
@@ -60,8 +62,50 @@ def _abandoned(context: grpc.ServicerContext) -> threading.Event:
     return gone
 
 
+#: What makes a single CRI object big, and what to do about it.
+_BIG_OBJECT = (
+    "What makes it that big is the labels and annotations it carries (and, with "
+    "verbose, its info): keep them small. Kubernetes allows at most 256 KiB of "
+    "annotations on an object"
+)
+
+_LIMIT = (
+    f"the {MAX_MESSAGE_BYTES} byte (16 MiB) gRPC message limit that the kubelet and this "
+    "runtime use"
+)
+
+
+def _too_big(method: str, size: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"the {method} answer would be {size} bytes, over {_LIMIT}, so it cannot be sent "
+        f'(grpc itself would only say "Sent message larger than max"). {_BIG_OBJECT}'
+    )
+
+
+def _too_big_message(method: str, size: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"one {method} message would be {size} bytes, over {_LIMIT}, so the stream ends "
+        f"here. {_BIG_OBJECT}; a container event carries the statuses of its pod and of "
+        "the pod's containers, theirs included"
+    )
+
+
+def _sized_when_built(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a method whose answers are checked against the limit where they are built
+    (``_fitting``, ``_chunks``): sizing a reused List answer again on every call would
+    cost an encode of it each time."""
+    method._sized_when_built = True  # type: ignore[attr-defined]
+    return method
+
+
 def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn domain errors into status codes; anything else is a crilab bug (INTERNAL)."""
+    """Turn domain errors into status codes; anything else is a crilab bug (INTERNAL).
+
+    Every answer and stream message is sized first (``ByteSize`` runs in C: well under
+    a microsecond for most answers) unless the method sized it where it was built.
+    """
+    name = method.__name__
+    checked = not getattr(method, "_sized_when_built", False)
 
     def fail(context: grpc.ServicerContext, exc: Exception) -> None:
         if isinstance(exc, CRIError):
@@ -79,20 +123,42 @@ def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         def streaming(self, request, context):
             try:
-                yield from method(self, request, context)
+                if not checked:
+                    yield from method(self, request, context)
+                    return
+                for message in method(self, request, context):
+                    size = message.ByteSize()
+                    if size > MAX_MESSAGE_BYTES:
+                        raise _too_big_message(name, size)
+                    yield message
             except Exception as exc:
                 fail(context, exc)
 
         return streaming
 
+    if not checked:
+
+        @functools.wraps(method)
+        def unary(self, request, context):
+            try:
+                return method(self, request, context)
+            except Exception as exc:
+                fail(context, exc)
+
+        return unary
+
     @functools.wraps(method)
-    def unary(self, request, context):
+    def unary_checked(self, request, context):
         try:
-            return method(self, request, context)
+            response = method(self, request, context)
+            size = response.ByteSize()
+            if size > MAX_MESSAGE_BYTES:
+                raise _too_big(name, size)
+            return response
         except Exception as exc:
             fail(context, exc)
 
-    return unary
+    return unary_checked
 
 
 def _translate_all(cls: type) -> type:
@@ -102,13 +168,39 @@ def _translate_all(cls: type) -> type:
     return cls
 
 
+def _item_name(item: Any) -> str:
+    """``"PodSandboxStats 4f2a..."``: an item's type and (short) ID, for an error message."""
+    for path in ("id", "attributes.id", "pod_sandbox_id"):
+        value: Any = item
+        for part in path.split("."):
+            value = getattr(value, part, None)
+        if isinstance(value, str) and value:
+            return f"{type(item).__name__} {value[:13]}"
+    return type(item).__name__
+
+
+def _item_too_big(item: Any, cost: int, method: str, stream: str) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"one item of the {method} answer, {_item_name(item)}, is {cost} bytes by itself, "
+        f"over {_LIMIT}: no message can carry it, so {stream} cannot send it either. "
+        f"{_BIG_OBJECT}; or leave this item out with a filter"
+    )
+
+
 def _chunks(
-    items: list[Any], size: int = STREAM_CHUNK, max_bytes: int = STREAM_CHUNK_BYTES
+    items: list[Any],
+    method: str,
+    stream: str,
+    size: int = STREAM_CHUNK,
+    max_bytes: int = STREAM_CHUNK_BYTES,
 ) -> Iterator[list[Any]]:
+    """``items`` in chunks under ``max_bytes``; an item no message can carry is an error."""
     chunk: list[Any] = []
     used = 0
     for item in items:
         cost = item.ByteSize() + 6  # + the field's tag and length prefix
+        if cost > MAX_MESSAGE_BYTES - 16:  # the response's own framing is a few bytes more
+            raise _item_too_big(item, cost, method, stream)
         if chunk and (len(chunk) >= size or used + cost > max_bytes):
             yield chunk
             chunk, used = [], 0
@@ -123,6 +215,10 @@ def _fitting(response: Any, method: str, stream: str, filters: str = "") -> Any:
     says what to do (grpc's own error only says "Sent message larger than max")."""
     size = response.ByteSize()  # computed in C: cheap next to sending the bytes
     if size > MAX_MESSAGE_BYTES:
+        for item in _items(response):  # (only on the way to an error)
+            cost = item.ByteSize() + 6
+            if cost > MAX_MESSAGE_BYTES - 16:
+                raise _item_too_big(item, cost, method, stream)
         raise ResourceExhausted(
             f"the {method} answer would be {size} bytes, over the {MAX_MESSAGE_BYTES} byte "
             f"(16 MiB) gRPC message limit that the kubelet and this runtime use. "
@@ -131,6 +227,14 @@ def _fitting(response: Any, method: str, stream: str, filters: str = "") -> Any:
             "under the limit"
         )
     return response
+
+
+def _items(response: Any) -> list[Any]:
+    """The items of a List answer: its one repeated message field."""
+    for descriptor, value in response.ListFields():
+        if descriptor.is_repeated and descriptor.message_type is not None:
+            return list(value)
+    return []
 
 
 class _Answers:
@@ -224,6 +328,7 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
     def PodSandboxStatus(self, request, context):
         return self.state.pod_sandbox_status(request.pod_sandbox_id, request.verbose)
 
+    @_sized_when_built
     def ListPodSandbox(self, request, context):
         flt = request.filter if request.HasField("filter") else None
         return self._pods.get(
@@ -236,9 +341,12 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
             ),
         )
 
+    @_sized_when_built
     def StreamPodSandboxes(self, request, context):
         flt = request.filter if request.HasField("filter") else None
-        for chunk in _chunks(self.state.list_pod_sandbox(flt)):
+        for chunk in _chunks(
+            self.state.list_pod_sandbox(flt), "ListPodSandbox", "StreamPodSandboxes"
+        ):
             yield api_pb2.StreamPodSandboxesResponse(pod_sandboxes=chunk)
 
     def UpdatePodSandboxResources(self, request, context):
@@ -255,6 +363,10 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
         self.state.start_container(request.container_id)
         return api_pb2.StartContainerResponse()
 
+    @long_call(
+        "wait for the StopContainer calls to end their grace period, or stop with a "
+        "shorter timeout (crictl stop --timeout 0 CONTAINER)"
+    )
     def StopContainer(self, request, context):
         self.state.stop_container(
             request.container_id, request.timeout, abandoned=_abandoned(context)
@@ -265,6 +377,7 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
         self.state.remove_container(request.container_id)
         return api_pb2.RemoveContainerResponse()
 
+    @_sized_when_built
     def ListContainers(self, request, context):
         flt = request.filter if request.HasField("filter") else None
         return self._containers.get(
@@ -277,9 +390,10 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
             ),
         )
 
+    @_sized_when_built
     def StreamContainers(self, request, context):
         flt = request.filter if request.HasField("filter") else None
-        for chunk in _chunks(self.state.list_containers(flt)):
+        for chunk in _chunks(self.state.list_containers(flt), "ListContainers", "StreamContainers"):
             yield api_pb2.StreamContainersResponse(containers=chunk)
 
     def ContainerStatus(self, request, context):
@@ -294,6 +408,10 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
         self.state.reopen_container_log(request.container_id)
         return api_pb2.ReopenContainerLogResponse()
 
+    @long_call(
+        "wait for the ExecSync calls to finish, or give them a timeout "
+        "(crictl exec -s --timeout 5 ...)"
+    )
     def ExecSync(self, request, context):
         return self.state.exec_sync(
             request.container_id, list(request.cmd), request.timeout, abandoned=_abandoned(context)
@@ -338,6 +456,10 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
             "CRIU and a newer runtime; CRI-O and containerd 2.x can do it)"
         )
 
+    @long_call(
+        "cancel the event streams nobody reads: a `crictl events` left running, an "
+        "events panel you no longer watch, a `client.container_events()` loop not left"
+    )
     def GetContainerEvents(self, request, context):
         with self.state.events.subscribe() as sub:
             context.add_callback(sub.close)  # the client went away: free the queue
@@ -355,6 +477,7 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
             stats=stats.container_stats(self.state, request.container_id)
         )
 
+    @_sized_when_built
     def ListContainerStats(self, request, context):
         flt = request.filter if request.HasField("filter") else None
         return _fitting(
@@ -364,9 +487,14 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
             "id, pod_sandbox_id, label_selector",
         )
 
+    @_sized_when_built
     def StreamContainerStats(self, request, context):
         flt = request.filter if request.HasField("filter") else None
-        for chunk in _chunks(stats.list_container_stats(self.state, flt)):
+        for chunk in _chunks(
+            stats.list_container_stats(self.state, flt),
+            "ListContainerStats",
+            "StreamContainerStats",
+        ):
             yield api_pb2.StreamContainerStatsResponse(container_stats=chunk)
 
     def PodSandboxStats(self, request, context):
@@ -374,6 +502,7 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
             stats=stats.pod_stats(self.state, request.pod_sandbox_id)
         )
 
+    @_sized_when_built
     def ListPodSandboxStats(self, request, context):
         flt = request.filter if request.HasField("filter") else None
         return _fitting(
@@ -383,14 +512,18 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
             "id, label_selector",
         )
 
+    @_sized_when_built
     def StreamPodSandboxStats(self, request, context):
         flt = request.filter if request.HasField("filter") else None
-        for chunk in _chunks(stats.list_pod_stats(self.state, flt)):
+        for chunk in _chunks(
+            stats.list_pod_stats(self.state, flt), "ListPodSandboxStats", "StreamPodSandboxStats"
+        ):
             yield api_pb2.StreamPodSandboxStatsResponse(pod_sandbox_stats=chunk)
 
     def ListMetricDescriptors(self, request, context):
         return api_pb2.ListMetricDescriptorsResponse(descriptors=stats.metric_descriptors())
 
+    @_sized_when_built
     def ListPodSandboxMetrics(self, request, context):
         return _fitting(
             api_pb2.ListPodSandboxMetricsResponse(pod_metrics=stats.pod_metrics(self.state)),
@@ -398,8 +531,11 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
             "StreamPodSandboxMetrics",
         )
 
+    @_sized_when_built
     def StreamPodSandboxMetrics(self, request, context):
-        for chunk in _chunks(stats.pod_metrics(self.state)):
+        for chunk in _chunks(
+            stats.pod_metrics(self.state), "ListPodSandboxMetrics", "StreamPodSandboxMetrics"
+        ):
             yield api_pb2.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=chunk)
 
 
@@ -410,6 +546,7 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
     def __init__(self, state: RuntimeState) -> None:
         self.state = state
 
+    @_sized_when_built
     def ListImages(self, request, context):
         ref = request.filter.image.image if request.HasField("filter") else ""
         return _fitting(
@@ -419,9 +556,10 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
             "image",
         )
 
+    @_sized_when_built
     def StreamImages(self, request, context):
         ref = request.filter.image.image if request.HasField("filter") else ""
-        for chunk in _chunks(self.state.list_images(ref)):
+        for chunk in _chunks(self.state.list_images(ref), "ListImages", "StreamImages"):
             yield api_pb2.StreamImagesResponse(images=chunk)
 
     def ImageStatus(self, request, context):

@@ -12,13 +12,19 @@ parsing is done by well-kept libraries, never by hand:
 
 Only gRPC's own 5-byte message prefix (1 byte "compressed" flag, 4 bytes
 big-endian length) is read here: it is the one layer no library covers.
+
+What is kept stays bounded however much passes: ``capacity`` frames and calls,
+at most ``MESSAGES_PER_CALL`` messages per call and direction (a long stream
+keeps its newest), at most ``capacity`` messages in all, decoded fields within
+``KEEP_DECODED_BYTES`` (older messages keep a summary of their top-level
+fields), and a message over ``DECODE_MESSAGE_BYTES`` is summarised, never
+turned into a dict (1,000 containers would be 2 MiB of dicts).
 """
 
 from __future__ import annotations
 
 import collections
 import functools
-import gzip
 import threading
 import urllib.parse
 import zlib
@@ -113,6 +119,18 @@ GRPC_CODES = {code.value[0]: code.name for code in grpc.StatusCode}
 #: Header blocks larger than this are not decoded (gRPC's own limit is far lower).
 _MAX_HEADER_LIST = 1 << 20
 
+#: A message bigger than this (uncompressed) is summarised, not decoded into fields.
+DECODE_MESSAGE_BYTES = 64 * 1024
+#: Decoded fields kept in all, counted in message bytes plus ``_MESSAGE_OVERHEAD`` each
+#: (the dicts take 5 to 20 times that): past it, the oldest keep a summary only.
+KEEP_DECODED_BYTES = 4 * 1024 * 1024
+_MESSAGE_OVERHEAD = 256
+#: Messages kept per call and direction: a long stream keeps its newest, counts the rest.
+MESSAGES_PER_CALL = 100
+#: A compressed message is never inflated past the gRPC message limit (nor is a zip bomb).
+_MAX_INFLATED = 16 * 1024 * 1024
+_SHORT = 80  # longer strings are shown by their length in a summary
+
 
 def _error_name(code: int) -> str:
     return ERROR_CODES.get(code, f"0x{code:x}")
@@ -179,6 +197,9 @@ class CallRecord:
     code: str
     message: str  # grpc-message, percent-decoded
     reset: str = ""  # the RST_STREAM error code name, if the stream was reset
+    requests_dropped: int = 0  # older request messages not kept (MESSAGES_PER_CALL)
+    responses_dropped: int = 0  # older response messages not kept
+    note: str = ""  # why this record is incomplete, e.g. the tap stopped decoding
 
     @property
     def ok(self) -> bool:
@@ -206,6 +227,9 @@ class CallRecord:
             "code": self.code,
             "message": self.message,
             "reset": self.reset,
+            "requests_dropped": self.requests_dropped,
+            "responses_dropped": self.responses_dropped,
+            "note": self.note,
         }
 
 
@@ -255,10 +279,61 @@ def message_classes(path: str) -> tuple[type | None, type | None]:
     )
 
 
+def _short(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > _SHORT:
+        return f"({len(value)} characters)"
+    if isinstance(value, bytes):
+        return f"({len(value)} bytes)"
+    return value
+
+
+def summarise(message: Any) -> dict[str, Any]:
+    """The top-level fields of a protobuf message, each as a count, a size or a short value."""
+    out: dict[str, Any] = {}
+    for descriptor, value in message.ListFields():
+        if descriptor.is_repeated:
+            out[descriptor.name] = f"({len(value)} items)"
+        elif descriptor.message_type is not None:
+            out[descriptor.name] = f"({descriptor.message_type.name}, {value.ByteSize()} bytes)"
+        else:
+            out[descriptor.name] = _short(value)
+    return out
+
+
+def _summarise_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The same for fields already decoded into a dict (``MessageToDict``'s form)."""
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        if isinstance(value, list):
+            out[name] = f"({len(value)} items)"
+        elif isinstance(value, dict):
+            out[name] = f"({len(value)} fields)"
+        else:
+            out[name] = _short(value)
+    return out
+
+
+def _inflate(payload: bytes, encoding: str) -> bytes:
+    """Decompress gzip or deflate, refusing to grow past ``_MAX_INFLATED`` bytes."""
+    wbits = zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    data = inflater.decompress(payload, _MAX_INFLATED + 1)
+    if len(data) > _MAX_INFLATED:
+        raise ValueError(f"it inflates to more than {_MAX_INFLATED} bytes, the gRPC limit")
+    if not inflater.eof:
+        raise ValueError("the compressed data is cut short")
+    return data
+
+
 def decode_message(
     prefix: bytes, payload: bytes, cls: type | None, encoding: str
 ) -> dict[str, Any]:
-    """One gRPC length-prefixed message: its prefix, then its fields if the type is known."""
+    """One gRPC length-prefixed message: its prefix, then its fields if the type is known.
+
+    Every record has the keys ``fields`` (a dict, or ``None``), ``summary`` (top-level
+    fields in brief, for a message too big to decode or whose fields were dropped
+    later) and ``note``: the capture updates their values in place, never its keys.
+    """
     compressed = bool(prefix[0])
     out: dict[str, Any] = {
         "compressed": compressed,
@@ -266,6 +341,8 @@ def decode_message(
         "prefix": prefix.hex(" "),
         "message_type": cls.DESCRIPTOR.full_name if cls is not None else None,
         "fields": None,
+        "summary": None,
+        "note": "",
     }
     if cls is None:
         out["note"] = "unknown method: the bytes are shown, not decoded"
@@ -273,21 +350,25 @@ def decode_message(
         return out
     data = payload
     if compressed:
+        if encoding not in ("gzip", "deflate"):
+            out["note"] = f"compressed with {encoding or 'an unnamed encoding'}; not decoded"
+            return out
         try:
-            if encoding == "gzip":
-                data = gzip.decompress(payload)
-            elif encoding == "deflate":
-                data = zlib.decompress(payload)
-            else:
-                out["note"] = f"compressed with {encoding or 'an unnamed encoding'}; not decoded"
-                return out
-        except (OSError, zlib.error, EOFError) as exc:
+            data = _inflate(payload, encoding)
+        except (ValueError, zlib.error) as exc:
             out["error"] = f"could not decompress ({encoding}): {exc}"
             return out
         out["uncompressed_length"] = len(data)
     try:
         message = cls.FromString(data)
-        out["fields"] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        if len(data) > DECODE_MESSAGE_BYTES:
+            out["summary"] = summarise(message)
+            out["note"] = (
+                f"{len(data)} bytes: over the {DECODE_MESSAGE_BYTES} bytes the tap decodes "
+                "for display, so only its top-level fields are summarised"
+            )
+        else:
+            out["fields"] = json_format.MessageToDict(message, preserving_proto_field_name=True)
     except Exception as exc:
         out["error"] = f"not a valid {cls.DESCRIPTOR.full_name}: {exc}"
         out["raw"] = payload[:64].hex(" ")
@@ -309,11 +390,17 @@ class _CallState:
         self.request_headers: list[tuple[str, str]] = []
         self.response_headers: list[tuple[str, str]] = []
         self.trailers: list[tuple[str, str]] = []
-        self.request_messages: list[dict[str, Any]] = []
-        self.response_messages: list[dict[str, Any]] = []
+        # per direction: the newest messages (at most MESSAGES_PER_CALL), and how many
+        # older ones were let go
+        self.messages: dict[str, collections.deque[dict[str, Any]]] = {
+            CLIENT_TO_SERVER: collections.deque(),
+            SERVER_TO_CLIENT: collections.deque(),
+        }
+        self.dropped = {CLIENT_TO_SERVER: 0, SERVER_TO_CLIENT: 0}
         self.status: int | None = None
         self.message = ""
         self.reset = ""
+        self.note = ""
         # per direction: bytes of gRPC messages not yet complete, and grpc-encoding
         self.pending = {CLIENT_TO_SERVER: bytearray(), SERVER_TO_CLIENT: bytearray()}
         self.encoding = {CLIENT_TO_SERVER: "", SERVER_TO_CLIENT: ""}
@@ -336,13 +423,16 @@ class _CallState:
             duration=None if self.ended is None else max(0.0, self.ended - self.started),
             request_headers=list(self.request_headers),
             response_headers=list(self.response_headers),
-            request_messages=list(self.request_messages),
-            response_messages=list(self.response_messages),
+            request_messages=list(self.messages[CLIENT_TO_SERVER]),
+            response_messages=list(self.messages[SERVER_TO_CLIENT]),
             trailers=list(self.trailers),
             status=self.status,
             code=code,
             message=self.message,
             reset=self.reset,
+            requests_dropped=self.dropped[CLIENT_TO_SERVER],
+            responses_dropped=self.dropped[SERVER_TO_CLIENT],
+            note=self.note,
         )
 
 
@@ -368,20 +458,36 @@ class Capture:
     """The bounded record of everything a tap saw: frames and calls.
 
     ``feed`` is called from one thread only (the tap's decoder thread); the
-    snapshots (``frames``, ``calls``) may be taken from any thread.
+    snapshots (``frames``, ``calls``) may be taken from any thread. ``capacity``
+    bounds the frames, the calls and the messages kept; ``keep_decoded_bytes``
+    the decoded fields; ``messages_per_call`` the messages of one call and direction.
     """
 
-    def __init__(self, capacity: int = 10_000) -> None:
+    def __init__(
+        self,
+        capacity: int = 10_000,
+        *,
+        keep_decoded_bytes: int = KEEP_DECODED_BYTES,
+        messages_per_call: int = MESSAGES_PER_CALL,
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1 frame")
         self.capacity = capacity
+        self.keep_decoded_bytes = keep_decoded_bytes
+        self.messages_per_call = max(1, messages_per_call)
         self._lock = threading.Lock()
         self._frames: collections.deque[FrameRecord] = collections.deque(maxlen=capacity)
         self._calls: collections.OrderedDict[tuple[int, int], _CallState] = (
             collections.OrderedDict()
         )
         self._connections: dict[int, dict[str, _Direction]] = {}
+        # every kept message, oldest first: (message, its call, direction) ...
+        self._kept: collections.deque[tuple[dict[str, Any], _CallState, str]] = collections.deque()
+        # ... and those still holding decoded fields, with what they count
+        self._decoded: collections.deque[tuple[dict[str, Any], int]] = collections.deque()
+        self._decoded_bytes = 0
         self.dropped = 0  # frames pushed out of the bounded capture
+        self.summarised = 0  # messages whose fields were dropped for the byte budget
 
     # -- reading ---------------------------------------------------------------
 
@@ -395,12 +501,22 @@ class Capture:
         with self._lock:
             return [state.snapshot() for state in self._calls.values()]
 
+    @property
+    def decoded_bytes(self) -> int:
+        """What the messages still holding decoded fields count against the budget."""
+        with self._lock:
+            return self._decoded_bytes
+
     def clear(self) -> None:
         """Forget the records; the decoders keep their state (HPACK needs it)."""
         with self._lock:
             self._frames.clear()
             self._calls.clear()
+            self._kept.clear()
+            self._decoded.clear()
+            self._decoded_bytes = 0
             self.dropped = 0
+            self.summarised = 0
 
     # -- writing ---------------------------------------------------------------
 
@@ -413,6 +529,26 @@ class Capture:
     def note(self, connection: int, direction: str, text: str, when: float) -> None:
         """A record about the proxy itself (e.g. the upstream refused a connection)."""
         self._add(FrameRecord(when, direction, connection, 0, "PROXY", (), 0, {"note": text}))
+
+    def gap(self, connection: int, direction: str, text: str, when: float) -> None:
+        """Bytes of one direction went undecoded (the tap fell behind): stop decoding it.
+
+        HPACK's table and the frame boundaries cannot be recovered after a gap, so the
+        direction stays undecoded until its connection closes; its calls say why.
+        """
+        sides = self._connections.get(connection)
+        if sides is None:
+            self.opened(connection)
+            sides = self._connections[connection]
+        side = sides[direction]
+        side.broken = text
+        side.buffer.clear()
+        side.block = None
+        with self._lock:
+            for (conn, _), state in self._calls.items():
+                if conn == connection and state.ended is None and not state.note:
+                    state.note = text
+        self.note(connection, direction, text, when)
 
     def opened(self, connection: int) -> None:
         self._connections[connection] = {
@@ -641,6 +777,9 @@ class Capture:
                     state.path = values.get(":path", "")
                     state.request_headers = list(headers)
                     state.encoding[CLIENT_TO_SERVER] = values.get("grpc-encoding", "")
+                    answers = self._connections.get(connection, {}).get(SERVER_TO_CLIENT)
+                    if answers is not None and answers.broken:
+                        state.note = answers.broken  # its answer will never be decoded
                     return "request headers"
                 state.trailers = list(headers)  # a client's trailers: unusual in gRPC
                 return "request trailers"
@@ -698,9 +837,41 @@ class Capture:
             if len(pending) >= 5:
                 waiting["length"] = int.from_bytes(pending[1:5], "big")
             detail["incomplete_message"] = waiting
-        with self._lock:
-            target = (
-                state.request_messages if side.name == CLIENT_TO_SERVER else state.response_messages
-            )
-            target.extend(messages)
+        if messages:
+            self._keep(state, side.name, messages)
         return detail
+
+    def _keep(self, state: _CallState, direction: str, messages: list[dict[str, Any]]) -> None:
+        """Add messages to their call, then bring every bound back in line, oldest first."""
+        with self._lock:
+            target = state.messages[direction]
+            for message in messages:
+                target.append(message)
+                self._kept.append((message, state, direction))
+                if message["fields"] is not None:
+                    cost = message["length"] + _MESSAGE_OVERHEAD
+                    self._decoded.append((message, cost))
+                    self._decoded_bytes += cost
+            while len(target) > self.messages_per_call:
+                target.popleft()
+                state.dropped[direction] += 1
+            while len(self._kept) > self.capacity:
+                old, owner, way = self._kept.popleft()
+                kept = owner.messages[way]
+                if kept and kept[0] is old:  # (else the per-call bound let it go already)
+                    kept.popleft()
+                    owner.dropped[way] += 1
+            while self._decoded_bytes > self.keep_decoded_bytes and self._decoded:
+                old, cost = self._decoded.popleft()
+                self._decoded_bytes -= cost
+                fields = old["fields"]
+                if fields is None:
+                    continue
+                # in place, values only: a reader iterating the dict never sees it resize
+                old["summary"] = _summarise_fields(fields)
+                old["note"] = (
+                    "decoded fields dropped to keep the capture within its "
+                    f"{self.keep_decoded_bytes} byte budget; a summary is kept"
+                )
+                old["fields"] = None
+                self.summarised += 1

@@ -10,6 +10,11 @@ Decoding is deferred: it runs when someone reads ``Tap.frames`` / ``Tap.calls``
 (on the reader's thread), or on a background thread once the traffic pauses
 or the backlog grows. Forwarding never waits for it, and a decoding error is
 recorded, never raised into the forwarding path.
+
+The backlog is bounded (``MAX_BACKLOG_BYTES``): when decoding falls that far
+behind the traffic, the direction whose bytes would pass the bound is no longer
+decoded (HPACK cannot resume after a gap), with a note saying so; its bytes are
+forwarded as ever. A new connection is decoded again.
 """
 
 from __future__ import annotations
@@ -27,7 +32,16 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from ..endpoints import Endpoint, EndpointError, parse, private_socket_dir, reclaim_stale_socket
+from ..endpoints import (
+    Endpoint,
+    EndpointError,
+    parse,
+    private_socket,
+    reclaim_stale_socket,
+    remove_socket,
+    socket_identity,
+)
+from ..serving import warn_if_reachable
 from .decode import CLIENT_TO_SERVER, SERVER_TO_CLIENT, CallRecord, Capture, FrameRecord
 
 __all__ = ["Tap", "wiretap"]
@@ -35,8 +49,12 @@ __all__ = ["Tap", "wiretap"]
 _CHUNK = 256 * 1024
 #: Decode in the background once traffic has paused this long...
 IDLE_SECONDS = 0.05
-#: ...or once this many bytes wait (the raw backlog stays bounded).
+#: ...or once this many bytes wait.
 BACKLOG_BYTES = 4 * 1024 * 1024
+#: Bytes waiting for the decoder at most: past it, a direction stops being decoded.
+MAX_BACKLOG_BYTES = 64 * 1024 * 1024
+#: The decoder gives back what it has decoded of the backlog's bytes this often.
+_ACCOUNT_BYTES = 1024 * 1024
 _CONNECT_TIMEOUT = 5.0
 
 _live: weakref.WeakSet[Tap] = weakref.WeakSet()
@@ -118,24 +136,25 @@ class Tap:
         self.capture = Capture(capacity)
         self._stopped = threading.Event()
         self._private_dir: Path | None = None
+        self._identity: tuple[int, int] | None = None  # of the socket we bound
         self._connections: dict[int, _Connection] = {}
         self._conn_lock = threading.Lock()
         self._ids = itertools.count(1)
         # decoder hand-off: chunks not yet decoded, in arrival order
         self._backlog: collections.deque[tuple[int, str, Any, float]] = collections.deque()
         self._backlog_lock = threading.Lock()
-        self._backlog_bytes = 0
+        self._backlog_bytes = 0  # submitted and not yet decoded
+        self._undecoded: set[tuple[int, str]] = set()  # directions past the backlog bound
         self._submitted = 0  # chunks handed over
         self._decoded = 0  # chunks decoded (under _decode_lock)
         self._last_submit = 0.0
         self._decode_lock = threading.RLock()
         self._wake = threading.Event()
-        if listen is None:
-            self._private_dir = private_socket_dir()
-            target = parse(f"unix://{self._private_dir / 'tap.sock'}")
-        else:
-            target = parse(listen)
         try:
+            if listen is None:
+                self._private_dir, target = private_socket("tap.sock")
+            else:
+                target = parse(listen)
             self._listener, self._endpoint = self._bind(target)
         except BaseException:
             self._remove_private_dir()
@@ -153,20 +172,18 @@ class Tap:
 
     # -- listening -------------------------------------------------------------
 
-    @staticmethod
-    def _bind(target: Endpoint) -> tuple[socket.socket, Endpoint]:
+    def _bind(self, target: Endpoint) -> tuple[socket.socket, Endpoint]:
         if target.is_unix:
-            parent = Path(target.path).parent
-            if not parent.is_dir():
-                raise EndpointError(f"directory {parent} does not exist; create it first")
-            reclaim_stale_socket(target.path)
+            reclaim_stale_socket(target.path)  # also refuses a directory we cannot use
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.bind(target.path)
+                sock.bind(target.path)  # fails, never replaces, if the path exists
+                self._identity = socket_identity(target.path)
                 os.chmod(target.path, 0o600)
                 sock.listen(64)
             except OSError as exc:
                 sock.close()
+                remove_socket(target.path, self._identity)
                 raise EndpointError(f"cannot listen on {target.uri}: {exc}") from None
             return sock, target
         family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
@@ -179,7 +196,13 @@ class Tap:
             raise EndpointError(
                 f"cannot listen on {target.uri}: {exc}. Use port 0 for a free port."
             ) from None
-        return sock, Endpoint("tcp", host=target.host, port=sock.getsockname()[1])
+        bound = Endpoint("tcp", host=target.host, port=sock.getsockname()[1])
+        warn_if_reachable(
+            bound,
+            "this wiretap",
+            f"call the server behind it ({self.upstream.uri}) through it",
+        )
+        return sock, bound
 
     @property
     def endpoint(self) -> str:
@@ -276,31 +299,75 @@ class Tap:
     # -- decoding (on its own thread) --------------------------------------------
 
     def _submit(self, ident: int, what: str, data: Any, when: float) -> None:
-        """Hand a chunk over for decoding: a deque append, nothing more, on the hot path."""
+        """Hand a chunk over for decoding: a deque append, nothing more, on the hot path.
+
+        Past ``MAX_BACKLOG_BYTES`` waiting, this chunk's direction is given up: a note
+        goes in its place, and its later chunks are not queued (they are still sent).
+        """
+        size = len(data) if isinstance(data, bytes) else 0
         with self._backlog_lock:
+            if size:
+                key = (ident, what)
+                if key in self._undecoded:
+                    return
+                if self._backlog_bytes + size > MAX_BACKLOG_BYTES:
+                    self._undecoded.add(key)
+                    what, data, size = "gap", (what, self._gap_note(what)), 0
+            elif what == "closed":
+                self._undecoded.discard((ident, CLIENT_TO_SERVER))
+                self._undecoded.discard((ident, SERVER_TO_CLIENT))
             if not self._backlog:
                 self._wake.set()  # start the decoder's idle timer
             self._backlog.append((ident, what, data, when))
-            self._backlog_bytes += len(data) if isinstance(data, bytes) else 0
+            self._backlog_bytes += size
             self._submitted += 1
             self._last_submit = time.monotonic()
             if self._backlog_bytes >= BACKLOG_BYTES:
                 self._wake.set()
 
-    def _decode_backlog(self, target: int | None = None) -> None:
-        """Decode queued chunks in order, on the calling thread, up to ``target`` (or all)."""
+    def _gap_note(self, direction: str) -> str:
+        return (
+            f"the tap stopped decoding {direction} of this connection: decoding fell "
+            f"{self._backlog_bytes} bytes behind the traffic (its bound is "
+            f"{MAX_BACKLOG_BYTES}). Its bytes are still forwarded, untouched, but no longer "
+            "shown: HPACK header compression cannot resume after a gap. A new connection "
+            "is decoded again."
+        )
+
+    def _decode_backlog(self, target: int | None = None, deadline: float | None = None) -> bool:
+        """Decode queued chunks in order, on the calling thread, up to ``target`` (or all).
+
+        False if ``deadline`` (``time.monotonic()``) came first: what is left waits,
+        in order, for the next decoder.
+        """
         with self._decode_lock:  # taken before the batch, so batches are decoded in order
             while target is None or self._decoded < target:
                 with self._backlog_lock:
                     batch, self._backlog = self._backlog, collections.deque()
-                    self._backlog_bytes = 0
                 if not batch:
-                    return
-                for ident, what, data, when in batch:
-                    self._decode_one(ident, what, data, when)
-                self._decoded += len(batch)
+                    return True
+                done_bytes = 0
+                try:
+                    while batch:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            with self._backlog_lock:
+                                self._backlog.extendleft(reversed(batch))
+                            return False
+                        ident, what, data, when = batch.popleft()
+                        self._decode_one(ident, what, data, when)
+                        self._decoded += 1
+                        if isinstance(data, bytes):
+                            done_bytes += len(data)
+                            if done_bytes >= _ACCOUNT_BYTES:
+                                with self._backlog_lock:
+                                    self._backlog_bytes -= done_bytes
+                                done_bytes = 0
+                finally:
+                    with self._backlog_lock:
+                        self._backlog_bytes -= done_bytes
                 if target is None:
-                    return
+                    return True
+            return True
 
     def _decode_one(self, ident: int, what: str, data: Any, when: float) -> None:
         try:
@@ -308,6 +375,9 @@ class Tap:
                 self.capture.closed(ident)
             elif what == "note":
                 self.capture.note(ident, "tap", data, when)
+            elif what == "gap":
+                direction, text = data
+                self.capture.gap(ident, direction, text, when)
             else:
                 self.capture.feed(ident, what, data, when)
         except Exception as exc:  # the decoder must outlive any bad input
@@ -340,17 +410,18 @@ class Tap:
         """Decode everything forwarded so far (on this thread); False if that timed out.
 
         Only the bytes that passed before the call count, so a busy stream
-        (an event stream, a benchmark) cannot keep this going.
+        (an event stream, a benchmark) cannot keep this going; and ``timeout``
+        bounds the decoding too, not only the wait for the decoder.
         """
+        deadline = time.monotonic() + max(0.0, timeout)
         with self._backlog_lock:
             target = self._submitted
-        if not self._decode_lock.acquire(timeout=timeout):
+        if not self._decode_lock.acquire(timeout=max(0.0, timeout)):
             return False
         try:
-            self._decode_backlog(target)
+            return self._decode_backlog(target, deadline)
         finally:
             self._decode_lock.release()
-        return True
 
     # -- the capture -------------------------------------------------------------
 
@@ -423,9 +494,8 @@ class Tap:
         deadline = time.monotonic() + 2
         while self.connections and time.monotonic() < deadline:
             time.sleep(0.005)  # the pumps close their sockets and report the close
-        if self._endpoint.is_unix:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._endpoint.path)
+        if self._endpoint.is_unix:  # only our own: another may have taken the path since
+            remove_socket(self._endpoint.path, self._identity)
         self._remove_private_dir()
         self._wake.set()  # the decoder thread ends; what is left is decoded on the next read
         self._decoder.join(timeout=2)

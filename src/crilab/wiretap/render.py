@@ -34,7 +34,10 @@ _STYLE = """
 
 
 def to_json(tap: Tap, indent: int | None = None) -> str:
-    """``{"endpoint", "upstream", "dropped", "frames": [...], "calls": [...]}`` as JSON text."""
+    """``{"endpoint", "upstream", "dropped", "frames": [...], "calls": [...]}`` as JSON text.
+
+    ``dropped`` counts frames pushed out of the capture, ``summarised`` messages whose
+    decoded fields were dropped for its byte budget (they keep a ``summary``)."""
     frames = tap.frames
     calls = tap.calls
     document = {
@@ -42,6 +45,7 @@ def to_json(tap: Tap, indent: int | None = None) -> str:
         "upstream": tap.upstream.uri,
         "capacity": tap.capacity,
         "dropped": tap.capture.dropped,
+        "summarised": tap.capture.summarised,
         "frames": [f.as_dict() for f in frames],
         "calls": [c.as_dict() for c in calls],
     }
@@ -82,6 +86,9 @@ def _message(message: dict[str, Any], max_chars: int) -> str:
     if message.get("fields") is not None:
         text = json.dumps(message["fields"], indent=1, ensure_ascii=False)
         parts.append(f"<pre>{_clip(text, max_chars)}</pre>")
+    elif message.get("summary") is not None:
+        text = json.dumps(message["summary"], indent=1, ensure_ascii=False)
+        parts.append(f'<span class="muted">summary:</span><pre>{_clip(text, max_chars)}</pre>')
     elif message.get("raw"):
         parts.append(f"<pre>{_e(message['raw'])}</pre>")
     return "<br>".join(parts)
@@ -146,6 +153,12 @@ def _detail(frame: FrameRecord, max_chars: int) -> str:
     return "<br>".join(p for p in parts if p)
 
 
+def _count(kept: int, dropped: int) -> str:
+    if not dropped:
+        return str(kept)
+    return f'{kept} <span class="muted">(+{dropped} older, not kept)</span>'
+
+
 def _calls_table(calls: Sequence[CallRecord]) -> str:
     rows = []
     for c in calls:
@@ -153,10 +166,12 @@ def _calls_table(calls: Sequence[CallRecord]) -> str:
         code = c.code or "…"
         cls = "" if c.ok or not c.code else ' class="bad"'
         message = f" ({_e(c.message)})" if c.message else ""
+        note = f'<br><span class="muted">{_e(c.note)}</span>' if c.note else ""
         rows.append(
             f"<tr><td>{c.connection}</td><td>{c.stream}</td><td>{_e(c.path)}</td>"
-            f"<td>{len(c.request_messages)}</td><td>{len(c.response_messages)}</td>"
-            f"<td{cls}>{_e(code)}{message}</td><td>{_e(duration)}</td></tr>"
+            f"<td>{_count(len(c.request_messages), c.requests_dropped)}</td>"
+            f"<td>{_count(len(c.response_messages), c.responses_dropped)}</td>"
+            f"<td{cls}>{_e(code)}{message}{note}</td><td>{_e(duration)}</td></tr>"
         )
     return (
         "<table><thead><tr><th>conn</th><th>stream</th><th>:path</th><th>requests</th>"
@@ -178,6 +193,11 @@ def transcript_html(tap: Tap, limit: int = 300, max_chars: int = 4000) -> str:
     )
     if tap.capture.dropped:
         head += f" ({tap.capture.dropped} older frames dropped; capacity {tap.capacity})"
+    if tap.capture.summarised:
+        head += (
+            f"; {tap.capture.summarised} older messages summarised (their decoded fields "
+            "dropped to keep the capture small)"
+        )
     if len(shown) < len(frames):
         head += f"; showing the last {len(shown)} frames"
     head += "</p>"
