@@ -242,7 +242,7 @@ def _file_descriptors() -> tuple[Any, ...]:
     from .. import stubs
 
     found = []
-    for name in ("api_pb2", "helloworld_pb2"):
+    for name in ("api_pb2", "helloworld_pb2", "control_pb2"):
         try:
             found.append(stubs.load(name).DESCRIPTOR)
         except Exception:  # a broken proto must not stop the tap
