@@ -640,9 +640,11 @@ def test_a_container_sleeping_for_centuries_freezes_no_other(k: Kit) -> None:
     pid = k.pod()
     sleeper = k.ctr(pid, "sleeper", ["sleep", "9999999999"])
     k.state.start_container(sleeper)
+    time.sleep(0.3)  # the timer thread is now waiting for the sleeper's wake-up
     quick = k.ctr(pid, "quick", ["sh", "-c", "sleep 0.05; echo done"])
     k.state.start_container(quick)
-    assert k.wait_state(quick, pb.CONTAINER_EXITED).exit_code == 0
+    done = k.wait_state(quick, pb.CONTAINER_EXITED)
+    assert (done.state, done.exit_code) == (pb.CONTAINER_EXITED, 0)
     assert k.status(sleeper).state == pb.CONTAINER_RUNNING
     k.state.stop_container(sleeper, 0)
     assert k.status(sleeper).exit_code == 137
