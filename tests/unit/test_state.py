@@ -712,7 +712,8 @@ def test_starting_a_missing_program_is_a_start_error(k: Kit) -> None:
         128,
         "StartError",
     )
-    assert status.message == 'exec: "nosuchbinary": executable file not found in $PATH'
+    assert status.message.endswith('exec: "nosuchbinary": executable file not found in $PATH')
+    assert status.message.startswith("failed to create containerd task")  # containerd's words
     assert status.started_at == 0 and status.finished_at > 0
     assert event.container_event_type == pb.CONTAINER_STOPPED_EVENT
     with pytest.raises(FailedPrecondition, match="CONTAINER_EXITED"):

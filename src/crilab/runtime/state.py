@@ -59,6 +59,11 @@ SETTLE_SECONDS = 1.0  # longest StopContainer waits for a just-started process's
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 EXIT_START_ERROR = 128  # what containerd reports when the process could not be started
+#: What containerd 1.6 puts before runc's words in such a container's status message.
+START_ERROR_PREFIX = (
+    "failed to create containerd task: failed to create shim task: OCI runtime create "
+    "failed: runc create failed: unable to start container process: "
+)
 RUNTIME_HANDLERS = ("", "runc")  # "" is the default handler, runc, as in containerd's config
 
 #: Where a trimmed event (one over the message limit) says what was left out.
@@ -715,7 +720,7 @@ class RuntimeState:
         ctr.status.exit_code = EXIT_START_ERROR
         ctr.status.finished_at = _now()
         ctr.status.reason = "StartError"
-        ctr.status.message = message
+        ctr.status.message = START_ERROR_PREFIX + message
         self._emit_locked(ctr, api_pb2.CONTAINER_STOPPED_EVENT)
 
     def _context(self, ctr: Container, pod: Pod) -> processes.ProcessContext:
