@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from crilab import FakeRuntime
 from crilab.builders import container_config, pod_config
 from crilab.runtime import processes
+from crilab.runtime.errors import CRIError
 from crilab.runtime.servicer import STREAM_CHUNK
 from crilab.stubs import api_pb2 as pb
 from crilab.stubs import api_pb2_grpc
@@ -469,6 +472,18 @@ def test_large_lists_stream_in_chunks(s: Stubs, rt: FakeRuntime) -> None:
 # -- found by the audit: each over the real socket ----------------------------------------------
 
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.mark.parametrize("ref", ["Bad Ref", "example.invalid/x"])
+def test_a_failed_preload_leaves_nothing_behind(ref: str, tmp_path: Path, monkeypatch) -> None:
+    """Each failed FakeRuntime(images=[...]) leaked a timer thread and a temp directory."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    threads = {t.ident for t in threading.enumerate()}
+    for _ in range(3):
+        with pytest.raises(CRIError, match=r"Bad Ref|invalid"):
+            FakeRuntime(images=[ref])
+    assert not [t.name for t in threading.enumerate() if t.ident not in threads]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_century_long_sleep_freezes_no_other_container(s: Stubs) -> None:
