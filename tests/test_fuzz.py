@@ -1124,7 +1124,10 @@ class StateMachine(RuleBasedStateMachine):
             assert low != pb.CONTAINER_RUNNING or command in ("quick", "fails")
         else:
             assert low == pb.CONTAINER_RUNNING
-            assert result.exit_code in (0, 2)
+            if result.exit_code == 137:  # killed: its container ended by itself meanwhile
+                assert command in ("quick", "fails")
+            else:
+                assert result.exit_code in (0, 2)
 
     @rule(ref=st.sampled_from(IMAGES))
     def pull_image(self, ref: str) -> None:
