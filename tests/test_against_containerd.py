@@ -29,6 +29,11 @@ PRECISE_INSTEAD_OF_UNKNOWN = {
     "run pod again with the same metadata": ("UNKNOWN", "ALREADY_EXISTS"),
     "start a running container": ("UNKNOWN", "FAILED_PRECONDITION"),
     "exec in a created container": ("UNKNOWN", "FAILED_PRECONDITION"),
+    "run pod with an unknown runtime handler": ("UNKNOWN", "NOT_FOUND"),
+    "start a program that does not exist": ("UNKNOWN", "FAILED_PRECONDITION"),
+    "exec in an exited container": ("UNKNOWN", "FAILED_PRECONDITION"),
+    "reopen the log of an exited container": ("UNKNOWN", "FAILED_PRECONDITION"),
+    "start in a stopped pod": ("UNKNOWN", "FAILED_PRECONDITION"),
 }
 
 
@@ -37,6 +42,14 @@ def _code(call: Callable[[], object]) -> tuple[str, object]:
         return "OK", call()
     except grpc.RpcError as err:
         return err.code().name, err.details()
+
+
+def _within(future: grpc.Future, seconds: float, what: str) -> object:
+    try:
+        return future.result(timeout=seconds)
+    except grpc.FutureTimeoutError:
+        future.cancel()
+        raise AssertionError(f"{what} (no answer within {seconds} s)") from None
 
 
 def scenario(target: str, tmp: Path) -> dict[str, tuple]:
@@ -88,6 +101,22 @@ def scenario(target: str, tmp: Path) -> dict[str, tuple]:
         "run pod again with the same metadata",
         lambda: rs.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg), **t),
     )
+    other = pod_config("other", "crilab", uid="uid-other", host_network=True, log_directory=logs)
+    step(
+        "run pod with an unknown runtime handler",
+        lambda: rs.RunPodSandbox(
+            pb.RunPodSandboxRequest(config=other, runtime_handler="kata-nonexistent"), **t
+        ),
+    )
+    other.metadata.uid = "uid-runc"  # another pod, whatever the first attempt did
+    runc = step(
+        "run pod with the runc handler",
+        lambda: rs.RunPodSandbox(
+            pb.RunPodSandboxRequest(config=other, runtime_handler="runc"), **t
+        ),
+    )
+    if seen["run pod with the runc handler"][0] == "OK":
+        rs.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=runc.pod_sandbox_id), **t)
     step(
         "create with a missing image",
         lambda: rs.CreateContainer(
@@ -121,6 +150,13 @@ def scenario(target: str, tmp: Path) -> dict[str, tuple]:
         lambda r: (r.stdout, r.stderr, r.exit_code),
     )
     step(
+        "exec HOME",
+        lambda: rs.ExecSync(
+            pb.ExecSyncRequest(container_id=long, cmd=["sh", "-c", "echo $HOME"], timeout=10), **t
+        ),
+        lambda r: r.stdout,
+    )
+    step(
         "exec failing",
         lambda: rs.ExecSync(
             pb.ExecSyncRequest(
@@ -129,6 +165,44 @@ def scenario(target: str, tmp: Path) -> dict[str, tuple]:
             **t,
         ),
         lambda r: (r.stdout, r.stderr, r.exit_code),
+    )
+    ghost = rs.CreateContainer(ctr("ghost", "nosuchbinary"), **t).container_id
+    step(
+        "start a program that does not exist",
+        lambda: rs.StartContainer(pb.StartContainerRequest(container_id=ghost), **t),
+    )
+    seen["a program that does not exist"] = ("OK", state_of(ghost))
+    victim = rs.CreateContainer(ctr("victim", "sleep", "3600"), **t).container_id
+    rs.StartContainer(pb.StartContainerRequest(container_id=victim), **t)
+    exec_call = rs.ExecSync.future(
+        pb.ExecSyncRequest(
+            container_id=victim, cmd=["sh", "-c", "echo before; sleep 30; echo after"], timeout=60
+        ),
+        timeout=60,
+    )
+    time.sleep(2)  # the exec runs (it sleeps 30 s) ...
+    rs.StopContainer(pb.StopContainerRequest(container_id=victim, timeout=0), **t)
+    step(  # ... and dies with its container: its output so far, exit 137
+        "exec killed with its container",
+        lambda: _within(exec_call, 20, "the exec outlived its container"),
+        lambda r: (r.stdout, r.stderr, r.exit_code),
+    )
+    step(
+        "exec in an exited container",
+        lambda: rs.ExecSync(pb.ExecSyncRequest(container_id=victim, cmd=["true"], timeout=5), **t),
+    )
+    step(
+        "reopen the log of an exited container",
+        lambda: rs.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=victim), **t),
+    )
+    step(
+        "update resources of an exited container",
+        lambda: rs.UpdateContainerResources(
+            pb.UpdateContainerResourcesRequest(
+                container_id=victim, linux=pb.LinuxContainerResources(cpu_shares=512)
+            ),
+            **t,
+        ),
     )
     done = rs.CreateContainer(ctr("done", "echo", "done"), **t).container_id
     fails = rs.CreateContainer(ctr("fails", "sh", "-c", "exit 3"), **t).container_id
@@ -198,6 +272,10 @@ def scenario(target: str, tmp: Path) -> dict[str, tuple]:
         lambda r: r.status.state,
     )
     seen["created container in stopped pod"] = ("OK", state_of(waits))
+    step(
+        "start in a stopped pod",
+        lambda: rs.StartContainer(pb.StartContainerRequest(container_id=waits), **t),
+    )
     step("create in a stopped pod", lambda: rs.CreateContainer(ctr("late", "true"), **t))
     step(
         "remove pod",

@@ -17,6 +17,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from crilab import FakeRuntime
 from crilab.builders import container_config, pod_config
+from crilab.client import CHANNEL_OPTIONS
+from crilab.runtime.state import EVENT_TRIMMED_NOTE
 from crilab.stubs import api_pb2 as pb
 from crilab.stubs import api_pb2_grpc
 
@@ -202,6 +204,56 @@ def test_a_slow_subscriber_cannot_stall_the_runtime(rt: FakeRuntime, s: Stubs) -
     assert rt.state.events.subscribers == 0
 
 
+def test_a_watcher_that_stopped_reading_holds_a_few_mib(rt: FakeRuntime, s: Stubs) -> None:
+    """The audit's case: one gRPC watcher that never reads, a pod with a container carrying
+    512 KiB of annotations, 1200 tiny calls; each event copies every status of the pod, so
+    a count bound alone kept ~1024 x 512 KiB. The queue now stays within its byte bound."""
+    watch = s.rs.GetContainerEvents(pb.GetEventsRequest())  # never read
+    assert eventually(lambda: rt.state.events.subscribers == 1)
+    pid = s.run_pod()
+    s.create(pid, "fat", annotations={"a": "x" * (512 << 10)})
+    for i in range(600):
+        s.remove(s.create(pid, f"c{i}", ("true",)))
+    [sub] = rt.state.events.subscriptions()
+    assert sub.queued_bytes <= rt.state.events.queue_bytes  # 8 MiB, not hundreds
+    assert sub.dropped > 0  # the oldest went, as the policy says
+    watch.cancel()
+    assert eventually(lambda: rt.state.events.subscribers == 0)
+
+
+def test_an_event_over_the_message_limit_reaches_the_watcher_trimmed(
+    rt: FakeRuntime, s: Stubs
+) -> None:
+    """Five containers with 4 MiB of annotations each: every later event of the pod would
+    be 20 MiB; sent whole, it ended every GetContainerEvents stream (RESOURCE_EXHAUSTED)."""
+    channel = grpc.insecure_channel(
+        rt.endpoint.replace("unix://", "unix:", 1), options=list(CHANNEL_OPTIONS)
+    )
+    rs = api_pb2_grpc.RuntimeServiceStub(channel)
+    pid = s.run_pod()
+    big = pb.CreateContainerRequest(pod_sandbox_id=pid)
+    call = rs.GetContainerEvents(pb.GetEventsRequest(), timeout=60)
+    assert eventually(lambda: rt.state.events.subscribers == 1)
+    for i in range(5):
+        big.config.CopyFrom(
+            container_config(f"big{i}", BUSYBOX, ["true"], annotations={"a": "x" * (4 << 20)})
+        )
+        rs.CreateContainer(big, timeout=30)
+    small = s.create(pid, "small")
+    s.start(small)
+    events = []
+    for event in call:  # a RESOURCE_EXHAUSTED here would raise; big ones may be dropped
+        events.append(event)
+        if event.container_id == small and event.container_event_type == LIFECYCLE[1]:
+            break
+    call.cancel()
+    channel.close()
+    last = events[-1]
+    assert last.container_id == small
+    assert [c.id for c in last.containers_statuses] == [small]
+    assert "PodSandboxStatus" in last.pod_sandbox_status.annotations[EVENT_TRIMMED_NOTE]
+
+
 # -- stats -----------------------------------------------------------------------------------
 
 
@@ -373,11 +425,16 @@ def test_update_container_resources_shows_in_status(rt: FakeRuntime, s: Stubs) -
     )
     assert s.status(cid).resources.linux.cpu_quota == 25_000
     s.stop(cid)
+    # an EXITED container: containerd 1.6 updates its spec and answers OK, and so does crilab
+    linux.cpu_quota = 10_000
     err = s.error_of(
         s.rs.UpdateContainerResources,
         pb.UpdateContainerResourcesRequest(container_id=cid, linux=linux),
     )
-    assert err is not None and err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err is None, err.details()
+    status = s.status(cid)
+    assert status.state == pb.CONTAINER_EXITED
+    assert status.resources.linux.cpu_quota == 10_000
 
 
 def test_reopen_container_log(rt: FakeRuntime, s: Stubs) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,8 @@ import pytest
 
 from crilab import FakeRuntime
 from crilab.builders import container_config, pod_config
+from crilab.runtime import processes
+from crilab.runtime.errors import CRIError
 from crilab.runtime.servicer import STREAM_CHUNK
 from crilab.stubs import api_pb2 as pb
 from crilab.stubs import api_pb2_grpc
@@ -463,3 +467,210 @@ def test_large_lists_stream_in_chunks(s: Stubs, rt: FakeRuntime) -> None:
     assert [len(c.containers) for c in chunks] == [STREAM_CHUNK, 5]
     listed = s.rs.ListContainers(pb.ListContainersRequest(), timeout=30).containers
     assert [c.id for ch in chunks for c in ch.containers] == [c.id for c in listed]
+
+
+# -- found by the audit: each over the real socket ----------------------------------------------
+
+FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.mark.parametrize("ref", ["Bad Ref", "example.invalid/x"])
+def test_a_failed_preload_leaves_nothing_behind(ref: str, tmp_path: Path, monkeypatch) -> None:
+    """Each failed FakeRuntime(images=[...]) leaked a timer thread and a temp directory."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    threads = {t.ident for t in threading.enumerate()}
+    for _ in range(3):
+        with pytest.raises(CRIError, match=r"Bad Ref|invalid"):
+            FakeRuntime(images=[ref])
+    assert not [t.name for t in threading.enumerate() if t.ident not in threads]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_century_long_sleep_freezes_no_other_container(s: Stubs) -> None:
+    """`sleep 9999999999` overflowed the one timer thread's wait and killed it: every
+    container after it froze in its first step."""
+    pid = s.run_pod()
+    s.start(s.create(pid, "sleeper", ["sleep", "9999999999"]))
+    time.sleep(0.3)  # the timer thread is now waiting for the sleeper's wake-up
+    quick = s.create(pid, "quick", ["sh", "-c", "sleep 0.05; echo done"])
+    s.start(quick)
+    done = s.wait_state(quick, pb.CONTAINER_EXITED)
+    assert (done.state, done.exit_code) == (pb.CONTAINER_EXITED, 0)
+
+
+def test_exec_with_an_int64_timeout_ends_with_its_caller(s: Stubs, rt: FakeRuntime) -> None:
+    cid = s.create(s.run_pod())
+    s.start(cid)
+    for timeout in (10**10, 2**63 - 1):
+        req = pb.ExecSyncRequest(container_id=cid, cmd=["sleep", "infinity"], timeout=timeout)
+        try:
+            s.rs.ExecSync(req, timeout=1)
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()  # not INTERNAL
+        else:
+            raise AssertionError("ExecSync of sleep infinity returned")
+        out = s.rs.ExecSync(
+            pb.ExecSyncRequest(container_id=cid, cmd=["echo", "ok"], timeout=timeout), timeout=5
+        )
+        assert (out.stdout, out.exit_code) == (b"ok\n", 0)
+
+
+def test_an_exec_ends_when_its_pod_is_removed(s: Stubs) -> None:
+    pid = s.run_pod()
+    cid = s.create(pid)
+    s.start(cid)
+    req = pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "sleep 4; echo after"], timeout=30)
+    future = s.rs.ExecSync.future(req, timeout=30)
+    time.sleep(0.3)
+    s.rs.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pid), timeout=10)
+    reply = future.result(timeout=3)  # well before the 4 s the command would sleep
+    assert (reply.stdout, reply.exit_code) == (b"", 137)  # killed with its container
+
+
+def _log_dir_replaced_by_a_file(log_path: Path) -> None:
+    log_path.unlink()
+    log_path.parent.rmdir()
+    log_path.parent.write_text("in the way")
+
+
+def test_start_with_a_log_that_cannot_be_opened_changes_nothing(s: Stubs, tmp_path: Path) -> None:
+    pid = s.run_pod(log_directory=str(tmp_path / "logs"))
+    cid = s.create(pid, command=["sh", "-c", "echo hello; sleep 3600"])
+    log_path = Path(s.status(cid).log_path)
+    _log_dir_replaced_by_a_file(log_path)
+    assert s.code_of(s.rs.StartContainer, pb.StartContainerRequest(container_id=cid)) == (
+        FAILED_PRECONDITION
+    )
+    assert str(log_path) in s.last_error.details()
+    assert "writable directory" in s.last_error.details()
+    assert s.status(cid).state == pb.CONTAINER_CREATED  # not RUNNING with no process
+    log_path.parent.unlink()  # fixed
+    s.start(cid)
+    assert s.status(cid).state == pb.CONTAINER_RUNNING
+    deadline = time.monotonic() + 5
+    while b"hello" not in log_path.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert b"hello" in log_path.read_bytes()
+
+
+def test_reopen_of_an_unopenable_log_is_failed_precondition(s: Stubs, tmp_path: Path) -> None:
+    pid = s.run_pod(log_directory=str(tmp_path / "logs"))
+    cid = s.create(pid)
+    s.start(cid)
+    log_path = Path(s.status(cid).log_path)
+    log_path.rename(tmp_path / "moved.log")
+    log_path.mkdir()  # the path is now a directory
+    code = s.code_of(s.rs.ReopenContainerLog, pb.ReopenContainerLogRequest(container_id=cid))
+    assert code == FAILED_PRECONDITION, s.last_error.details()  # was INTERNAL
+    assert str(log_path) in s.last_error.details()
+    assert s.status(cid).state == pb.CONTAINER_RUNNING
+
+
+def test_a_failing_log_rotation_does_not_freeze_the_container(s: Stubs, tmp_path: Path) -> None:
+    pid = s.run_pod(log_directory=str(tmp_path / "logs"))
+    # 256 KiB lines every 10 ms: past the 10 MiB rotation size within a second or so
+    script = "L=x; for i in " + " ".join(["1"] * 18) + "; do L=$L$L; done; "
+    script += "while true; do echo $L; sleep 0.01; done"
+    cid = s.create(pid, command=["sh", "-c", script])
+    log_path = Path(s.status(cid).log_path)
+    Path(f"{log_path}.1").mkdir()  # the rotated name is taken: rotation must fail
+    s.start(cid)
+    limit = processes.DEFAULT_LOG_MAX_BYTES
+    deadline = time.monotonic() + 30
+    while log_path.stat().st_size < limit + (1 << 20) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    size = log_path.stat().st_size
+    assert size > limit, "the log never reached the rotation size"
+    while log_path.stat().st_size == size and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log_path.stat().st_size > size, "the container froze at the failed rotation"
+    assert s.status(cid).state == pb.CONTAINER_RUNNING
+    s.rs.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=10)
+    assert s.status(cid).exit_code == 137
+
+
+def test_a_malformed_image_reference_gets_fitting_advice(s: Stubs) -> None:
+    pid = s.run_pod()
+    req = pb.CreateContainerRequest(pod_sandbox_id=pid, config=container_config("a", "Bad Ref"))
+    assert s.code_of(s.rs.CreateContainer, req) == NOT_FOUND  # containerd: NOT_FOUND too
+    details = s.last_error.details()
+    assert "whitespace" in details and "crictl pull" not in details
+
+
+def test_runtime_handlers_are_the_configured_ones(s: Stubs) -> None:
+    status = s.rs.Status(pb.StatusRequest(), timeout=5)
+    assert [h.name for h in status.runtime_handlers] == ["", "runc"]
+    s.rs.RunPodSandbox(
+        pb.RunPodSandboxRequest(config=pod_config("runc-pod"), runtime_handler="runc"), timeout=5
+    )
+    req = pb.RunPodSandboxRequest(config=pod_config("kata"), runtime_handler="kata-nonexistent")
+    assert s.code_of(s.rs.RunPodSandbox, req) == NOT_FOUND
+    assert "kata-nonexistent" in s.last_error.details() and '"runc"' in s.last_error.details()
+    listed = s.rs.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=5).items
+    assert [p.metadata.name for p in listed] == ["runc-pod"]
+    assert listed[0].runtime_handler == "runc"
+
+
+def test_starting_a_program_that_does_not_exist_is_a_start_error(s: Stubs) -> None:
+    pid = s.run_pod()
+    cid = s.create(pid, "ghost", ["nosuchbinary"])
+    assert s.code_of(s.rs.StartContainer, pb.StartContainerRequest(container_id=cid)) == (
+        FAILED_PRECONDITION
+    )
+    assert 'exec: "nosuchbinary": executable file not found in $PATH' in s.last_error.details()
+    status = s.status(cid)
+    assert (status.state, status.exit_code, status.reason) == (
+        pb.CONTAINER_EXITED,
+        128,
+        "StartError",
+    )
+    assert "executable file not found" in status.message
+    # run by a shell, the shell itself starts and reports it, as sh would
+    shell = s.create(pid, "shell", ["sh", "-c", "nosuchbinary"])
+    s.start(shell)
+    status = s.wait_state(shell, pb.CONTAINER_EXITED)
+    assert (status.exit_code, status.reason) == (127, "Error")
+    assert b"sh: nosuchbinary: not found" in Path(status.log_path).read_bytes()
+
+
+def test_logs_in_the_runtimes_own_directory_go_with_their_container(
+    s: Stubs, rt: FakeRuntime, tmp_path: Path
+) -> None:
+    config = pod_config("own")
+    config.log_directory = ""  # the runtime chooses where the logs go
+    own_pod = s.rs.RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=5).pod_sandbox_id
+    named_pod = s.run_pod("named", log_directory=str(tmp_path / "logs"))
+    logs = rt.state.root / "logs"
+    for i in range(30):  # 30 lifecycles left 33.6 MB behind
+        cid = s.create(own_pod, f"c{i}", ["sh", "-c", "echo " + "x" * 1000])
+        s.start(cid)
+        s.wait_state(cid, pb.CONTAINER_EXITED)
+        s.rs.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=5)
+    assert not any(p.is_file() for p in logs.rglob("*")), "a removed container's log stayed"
+    named = s.create(named_pod, "kept", ["echo", "hi"])
+    kept = Path(s.status(named).log_path)
+    s.rs.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=named_pod), timeout=5)
+    assert kept.exists()  # a directory the client named: never deleted (as containerd)
+
+
+def test_a_huge_script_is_refused_saying_the_limit(s: Stubs) -> None:
+    """A 15 MB `sh -c` script with timeout=1 kept a worker busy for 35 s."""
+    cid = s.create(s.run_pod())
+    s.start(cid)
+    script = "echo a;" * (2 << 20)  # 14 MiB
+    req = pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", script], timeout=1)
+    t0 = time.monotonic()
+    assert s.code_of(s.rs.ExecSync, req) == grpc.StatusCode.INVALID_ARGUMENT
+    assert time.monotonic() - t0 < 10  # refused, not parsed (generous: only "no hang")
+    assert "1048576 bytes" in s.last_error.details()
+    pod = s.rs.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=5).items[0].id
+    create = pb.CreateContainerRequest(
+        pod_sandbox_id=pod, config=container_config("huge", BUSYBOX, ["sh", "-c", script])
+    )
+    assert s.code_of(s.rs.CreateContainer, create) == grpc.StatusCode.INVALID_ARGUMENT
+    assert "1048576 bytes" in s.last_error.details()
+    # under the limit, a long script with a short timeout still ends near its timeout
+    req.cmd[2] = "echo a;" * 140_000
+    t0 = time.monotonic()
+    assert s.code_of(s.rs.ExecSync, req) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - t0 < 10

@@ -18,8 +18,11 @@ from hypothesis import strategies as st
 from crilab.runtime.errors import CRIError, DeadlineExceeded, FailedPrecondition, InvalidArgument
 from crilab.runtime.processes import (
     BUSY_SLICE,
+    MAX_COMMAND_BYTES,
+    MAX_WAIT,
     CRILogWriter,
     ExecResult,
+    Killed,
     Output,
     Process,
     ProcessContext,
@@ -27,6 +30,7 @@ from crilab.runtime.processes import (
     default_files,
     exit_code_of,
     format_timestamp,
+    missing_program,
     parse_cri_log,
     program_exists,
     resolve_argv,
@@ -414,6 +418,76 @@ def test_resolve_argv_without_any_command() -> None:
         resolve_argv([], [], [], [])
 
 
+def test_huge_waits_are_capped_and_a_killed_exec_keeps_its_output() -> None:
+    slept = FakeSleep()
+    with pytest.raises(DeadlineExceeded):  # an int64 timeout: no wait may overflow
+        run_sync(spawn(["sleep", "infinity"], make_ctx()), 2**63 - 1, sleep=slept)
+    assert slept.calls == [MAX_WAIT]
+
+    def killed(seconds: float) -> None:  # the container went during the sleep
+        raise Killed()
+
+    process = spawn(["sh", "-c", "echo before; sleep 4; echo after"], make_ctx())
+    result = run_sync(process, 30, sleep=killed)
+    assert result == ExecResult(b"before\n", b"", 137)
+
+
+def test_long_work_looks_at_check_while_parsing_and_looping() -> None:
+    process = spawn(["sh", "-c", "echo a;" * 20_000], make_ctx())
+    looks = []
+
+    def check() -> None:
+        looks.append(1)
+        raise Killed()
+
+    process.check = check
+    with pytest.raises(Killed):
+        next(process.steps())  # parsing the script, before any step: it looked, and stopped
+    assert looks == [1]
+    busy = spawn(["sh", "-c", "while true; do :; done"], make_ctx())
+    busy.check = check
+    with pytest.raises(Killed):
+        take(busy, 5)  # a busy loop looks too, between its CPU slices
+
+
+def test_command_size_is_capped() -> None:
+    spawn(["sh", "-c", "x" * (MAX_COMMAND_BYTES - 100)], make_ctx())
+    with pytest.raises(InvalidArgument, match=f"limit of {MAX_COMMAND_BYTES} bytes"):
+        spawn(["sh", "-c", "echo a;" * 200_000], make_ctx())
+    with pytest.raises(InvalidArgument, match="bytes long"):  # counted in UTF-8 bytes
+        spawn(["echo", "😀" * (MAX_COMMAND_BYTES // 3)], make_ctx())
+
+
+def test_a_long_word_is_lexed_whole() -> None:
+    word = "x" * 500_000
+    assert sh(f"echo {word}") == ExecResult(word.encode() + b"\n", b"", 0)
+    assert sh(f'echo "{word}"2>&1') == ExecResult(word.encode() + b"2\n", b"", 0)  # not an fd
+    assert sh("echo a2>&1 2>/dev/null") == ExecResult(b"a2\n", b"", 0)
+
+
+def test_missing_program_says_what_runc_says() -> None:
+    assert missing_program(["sleep", "1"]) is None
+    assert missing_program(["/bin/sh", "-c", "nope"]) is None  # sh exists: nope fails later
+    assert missing_program(["nosuch"]) == 'exec: "nosuch": executable file not found in $PATH'
+    assert missing_program(["/bin/nosuch"]) == (
+        'exec: "/bin/nosuch": stat /bin/nosuch: no such file or directory'
+    )
+    assert missing_program(["exit", "3"]) is not None  # a builtin, not a file
+
+
+def test_home_comes_from_passwd_when_unset() -> None:
+    ctx = ProcessContext(env={}, files=default_files("h", ""))
+    assert run_sync(spawn(["sh", "-c", "echo $HOME"], ctx), 5, sleep=FakeSleep()).stdout == (
+        b"/root\n"
+    )
+    nobody = ProcessContext(env={}, files=default_files("h", ""), user="nobody")
+    assert nobody.env["HOME"] == "/"
+    unknown = ProcessContext(env={}, files=default_files("h", ""), user="1234")
+    assert unknown.env["HOME"] == "/"
+    kept = ProcessContext(env={"HOME": "/srv"}, files=default_files("h", ""))
+    assert kept.env["HOME"] == "/srv"
+
+
 def test_spawn_empty_argv() -> None:
     with pytest.raises(InvalidArgument):
         spawn([], make_ctx())
@@ -476,6 +550,38 @@ def test_reopen_after_the_kubelet_moved_the_file(tmp_path) -> None:
     writer.close()
     assert [e[3] for e in parse_cri_log(path.read_text())] == ["after"]
     assert b"before" in (tmp_path / "0.log.20260102").read_bytes()
+
+
+def test_a_failing_rotation_keeps_the_log_growing(tmp_path, caplog) -> None:
+    path = tmp_path / "0.log"
+    (tmp_path / "0.log.1").mkdir()  # the rotated name is taken by a directory
+    writer = CRILogWriter(path, max_bytes=1000)
+    for i in range(200):  # ~9 KB: the writer must keep going past max_bytes, not raise
+        writer.write("stdout", f"line {i}\n".encode())
+    writer.close()
+    assert not writer.rotating
+    assert "cannot rotate" in writer.error and "0.log.1" in writer.error
+    assert [e[3] for e in parse_cri_log(path.read_text())][-1] == "line 199"
+    assert path.stat().st_size > 1000
+    assert sum("cannot rotate" in r.getMessage() for r in caplog.records) == 1  # logged once
+
+
+def test_a_failed_reopen_keeps_the_file_in_use(tmp_path) -> None:
+    logs = tmp_path / "logs"
+    path = logs / "0.log"
+    writer = CRILogWriter(path)
+    writer.write("stdout", b"before\n")
+    path.rename(tmp_path / "moved.log")
+    logs.rmdir()
+    logs.write_text("")  # the directory is now a file: the new log cannot be opened
+    with pytest.raises(OSError):
+        writer.reopen()
+    writer.write("stdout", b"still\n")  # no exception: the old file is still written
+    writer.close()
+    assert [e[3] for e in parse_cri_log((tmp_path / "moved.log").read_text())] == [
+        "before",
+        "still",
+    ]
 
 
 def test_concurrent_writers_never_interleave_lines(tmp_path) -> None:

@@ -6,6 +6,10 @@ prefix indexes, the state and label indexes and the name reservations agree.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +19,15 @@ import pytest
 from crilab.builders import container_config, pod_config
 from crilab.runtime.errors import (
     AlreadyExists,
+    CRIError,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
 )
-from crilab.runtime.state import RuntimeState
+from crilab.runtime.events import MAX_EVENT_BYTES
+from crilab.runtime.scheduler import Scheduler
+from crilab.runtime.state import EVENT_TRIMMED_NOTE, RuntimeState
 from crilab.stubs import api_pb2 as pb
 
 BUSYBOX = "localhost/crilab/busybox:local"
@@ -537,3 +544,351 @@ def test_events_when_a_pod_goes(k: Kit) -> None:
         k.state.remove_pod_sandbox(pid)
         kinds = [sub.get(timeout=2).container_event_type for _ in range(2)]
     assert kinds == [pb.CONTAINER_STOPPED_EVENT, pb.CONTAINER_DELETED_EVENT]
+
+
+# -- invariants see every index ----------------------------------------------------------
+
+
+def test_check_invariants_sees_every_corrupted_index(k: Kit) -> None:
+    """Corrupt each index in turn: each corruption is a finding, and undoing it clears it."""
+    st = k.state
+    pid = k.pod(labels={"app": "web"})
+    cid = k.ctr(pid, labels={"tier": "front"})
+    st.start_container(cid)
+    assert st.check_invariants() == []
+
+    def corrupt(undo_and_what):
+        undo, what = undo_and_what
+        problems = st.check_invariants()
+        undo()
+        assert problems, f"corrupting {what} went unseen"
+        assert st.check_invariants() == []
+
+    def swap(table: dict, key, value):
+        old = table.get(key)
+        had = key in table
+        table[key] = value
+
+        def undo() -> None:
+            if had:
+                table[key] = old
+            else:
+                del table[key]
+
+        return undo
+
+    with st.locked():
+        pods, ctrs = st._pod_index, st._ctr_index
+        for index, ident, state, pair, what in (
+            (pods, pid, pb.SANDBOX_READY, ("app", "web"), "pod"),
+            (ctrs, cid, pb.CONTAINER_RUNNING, ("tier", "front"), "container"),
+        ):
+            corrupt((swap(index.by_state, state, set()), f"{what} state index (lost)"))
+            corrupt((swap(index.by_state, 99, {ident}), f"{what} state index (stale)"))
+            corrupt((swap(index.by_label, pair, set()), f"{what} label index (emptied)"))
+            corrupt((swap(index.by_label, ("x", "y"), {ident}), f"{what} label index (extra)"))
+            corrupt((swap(index.by_label, pair, {ident, "f" * 64}), f"{what} label index (ghost)"))
+        for prefix, ident, what in ((st._pod_ids, pid, "pod"), (st._ctr_ids, cid, "container")):
+            prefix.discard(ident)
+            prefix.add("0" * 64)
+            problems = st.check_invariants()
+            prefix.discard("0" * 64)
+            prefix.add(ident)
+            assert problems, f"{what} prefix index with a wrong ID went unseen"
+        key = next(iter(st._pod_names))
+        corrupt((swap(st._pod_names, key, "f" * 64), "a pod name held by the wrong ID"))
+        key = next(iter(st._ctr_names))
+        corrupt((swap(st._ctr_names, key, "f" * 64), "a container name held by the wrong ID"))
+    assert st.check_invariants() == []
+
+
+# -- failed preloads, timers, huge waits ---------------------------------------------------
+
+
+def _schedulers() -> int:
+    return sum(t.name == "crilab-scheduler" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("ref", ["Bad Ref", "example.invalid/x"])
+def test_a_failed_preload_leaves_no_thread_or_temp_dir(
+    ref: str, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = _schedulers()
+    for _ in range(3):
+        with pytest.raises(CRIError):
+            RuntimeState(images=["busybox", ref])
+    assert _schedulers() == before
+    assert list(tmp_path.iterdir()) == []  # no crilab-state-* directory left
+
+
+def test_the_scheduler_outlives_huge_delays_and_failing_callbacks() -> None:
+    scheduler = Scheduler(name="crilab-test-scheduler")
+    try:
+        ran = threading.Event()
+        scheduler.call_later(9999999999.0, ran.set)  # `sleep 9999999999`: as good as never
+        scheduler.call_at(time.monotonic() + 1e300, ran.set)
+        scheduler.call_soon(lambda: 1 / 0)  # a bug in one callback (logged)
+        scheduler.call_later(0.01, ran.set)
+        assert ran.wait(5)
+        assert scheduler.alive
+    finally:
+        scheduler.close()
+
+
+def test_a_container_sleeping_for_centuries_freezes_no_other(k: Kit) -> None:
+    pid = k.pod()
+    sleeper = k.ctr(pid, "sleeper", ["sleep", "9999999999"])
+    k.state.start_container(sleeper)
+    time.sleep(0.3)  # the timer thread is now waiting for the sleeper's wake-up
+    quick = k.ctr(pid, "quick", ["sh", "-c", "sleep 0.05; echo done"])
+    k.state.start_container(quick)
+    done = k.wait_state(quick, pb.CONTAINER_EXITED)
+    assert (done.state, done.exit_code) == (pb.CONTAINER_EXITED, 0)
+    assert k.status(sleeper).state == pb.CONTAINER_RUNNING
+    k.state.stop_container(sleeper, 0)
+    assert k.status(sleeper).exit_code == 137
+
+
+def test_exec_with_an_int64_timeout_waits_for_its_caller(k: Kit) -> None:
+    cid = k.ctr(k.pod())
+    k.state.start_container(cid)
+    gone = threading.Event()
+    threading.Timer(0.2, gone.set).start()
+    with pytest.raises(DeadlineExceeded, match="gave up"):
+        k.state.exec_sync(cid, ["sleep", "infinity"], 2**63 - 1, abandoned=gone)
+    assert k.state.exec_sync(cid, ["echo", "ok"], 10**10).stdout == b"ok\n"
+
+
+# -- ExecSync dies with its container --------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["stop", "remove", "stop pod", "remove pod"])
+def test_an_exec_ends_when_its_container_goes(k: Kit, how: str) -> None:
+    pid = k.pod()
+    cid = k.ctr(pid)
+    k.state.start_container(cid)
+    answer: list[object] = []
+
+    def exec_in_it() -> None:
+        try:
+            answer.append(k.state.exec_sync(cid, ["sh", "-c", "echo before; sleep 30; echo after"]))
+        except CRIError as exc:
+            answer.append(exc)
+
+    thread = threading.Thread(target=exec_in_it)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not k.state.containers[cid].execs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    {
+        "stop": lambda: k.state.stop_container(cid, 0),
+        "remove": lambda: k.state.remove_container(cid),
+        "stop pod": lambda: k.state.stop_pod_sandbox(pid),
+        "remove pod": lambda: k.state.remove_pod_sandbox(pid),
+    }[how]()
+    thread.join(10)
+    assert not thread.is_alive(), "the exec outlived its container"
+    [result] = answer
+    assert isinstance(result, pb.ExecSyncResponse), result
+    assert (result.stdout, result.exit_code) == (b"before\n", 137)
+
+
+# -- StartContainer: a missing program, a log that cannot be opened ---------------------------
+
+
+def test_starting_a_missing_program_is_a_start_error(k: Kit) -> None:
+    pid = k.pod()
+    cid = k.ctr(pid, "ghost", ["nosuchbinary", "--flag"])
+    with k.state.events.subscribe() as sub:
+        with pytest.raises(FailedPrecondition) as err:
+            k.state.start_container(cid)
+        event = sub.get(timeout=2)
+    assert 'exec: "nosuchbinary": executable file not found in $PATH' in err.value.message
+    assert "sleep" in err.value.message  # names programs that do exist
+    status = k.status(cid)
+    assert (status.state, status.exit_code, status.reason) == (
+        pb.CONTAINER_EXITED,
+        128,
+        "StartError",
+    )
+    assert status.message.endswith('exec: "nosuchbinary": executable file not found in $PATH')
+    assert status.message.startswith("failed to create containerd task")  # containerd's words
+    assert status.started_at == 0 and status.finished_at > 0
+    assert event.container_event_type == pb.CONTAINER_STOPPED_EVENT
+    with pytest.raises(FailedPrecondition, match="CONTAINER_EXITED"):
+        k.state.start_container(cid)
+    # through a shell, the shell starts and reports the missing program itself
+    shell = k.ctr(pid, "shell", ["sh", "-c", "nosuchbinary"])
+    k.state.start_container(shell)
+    status = k.wait_state(shell, pb.CONTAINER_EXITED)
+    assert (status.exit_code, status.reason) == (127, "Error")
+    assert b"sh: nosuchbinary: not found" in Path(status.log_path).read_bytes()
+
+
+@pytest.mark.parametrize("breakage", ["directory is a file", "log is a directory"])
+def test_a_log_that_cannot_be_opened_fails_start_and_changes_nothing(k: Kit, breakage: str) -> None:
+    pid = k.pod()
+    cid = k.ctr(pid)
+    log_path = Path(k.status(cid).log_path)
+    log_path.unlink()
+    if breakage == "directory is a file":
+        log_path.parent.rmdir()
+        log_path.parent.write_text("in the way")
+    else:
+        log_path.mkdir()
+    generation = k.state.containers_generation
+    with k.state.events.subscribe() as sub:
+        with pytest.raises(FailedPrecondition) as err:
+            k.state.start_container(cid)
+        assert sub.get(timeout=0.1) is None  # nothing happened, so nothing was announced
+    assert str(log_path) in err.value.message and "StartContainer again" in err.value.message
+    assert k.status(cid).state == pb.CONTAINER_CREATED
+    assert k.state.containers_generation == generation
+    assert k.state.containers[cid].run is None
+    # fixed: it starts
+    if breakage == "directory is a file":
+        log_path.parent.unlink()
+    else:
+        log_path.rmdir()
+    k.state.start_container(cid)
+    assert k.status(cid).state == pb.CONTAINER_RUNNING
+
+
+def test_reopen_that_fails_keeps_the_old_log(k: Kit) -> None:
+    cid = k.ctr(k.pod(), command=["sh", "-c", "while true; do echo tick; sleep 0.05; done"])
+    k.state.start_container(cid)
+    log_path = Path(k.status(cid).log_path)
+    moved = log_path.with_name("moved.log")
+    log_path.rename(moved)
+    log_path.mkdir()  # the kubelet's new file cannot be made
+    with pytest.raises(FailedPrecondition, match="keeps writing"):
+        k.state.reopen_container_log(cid)
+    size = moved.stat().st_size
+    deadline = time.monotonic() + 5
+    while moved.stat().st_size == size and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert moved.stat().st_size > size  # still logging, to the file it had
+    assert k.status(cid).state == pb.CONTAINER_RUNNING
+
+
+# -- logs of removed containers ---------------------------------------------------------------
+
+
+def test_remove_deletes_logs_only_in_the_runtimes_own_directory(k: Kit) -> None:
+    config = pod_config("own")
+    config.log_directory = ""  # the runtime picks the directory (the builder would not)
+    own_pod = k.state.run_pod_sandbox(config)
+    named_pod = k.pod("named")
+    own, named = k.ctr(own_pod, "a"), k.ctr(named_pod, "b")
+    own_log, named_log = Path(k.status(own).log_path), Path(k.status(named).log_path)
+    assert own_log.is_relative_to(k.state.root) and own_log.exists()
+    assert named_log.is_relative_to(k.logs) and named_log.exists()
+    k.state.start_container(own)
+    k.state.remove_container(own)
+    k.state.remove_container(named)
+    assert not own_log.exists() and not own_log.parent.exists()
+    assert named_log.exists()  # the client's directory: never deleted (as containerd)
+    again = k.ctr(own_pod, "a")  # the directory comes back for the next container
+    assert Path(k.status(again).log_path).exists()
+    k.state.remove_pod_sandbox(own_pod)
+    assert not (k.state.root / "logs" / own_pod).exists()
+
+
+# -- runtime handlers and image references -----------------------------------------------------
+
+
+def test_only_the_configured_runtime_handlers_are_taken(k: Kit) -> None:
+    assert k.state.run_pod_sandbox(pod_config("a", log_directory=str(k.logs)), "runc")
+    assert k.state.run_pod_sandbox(pod_config("b", log_directory=str(k.logs)), "")
+    with pytest.raises(NotFound, match=r"no runtime for .kata-nonexistent. is configured") as err:
+        k.state.run_pod_sandbox(pod_config("c", log_directory=str(k.logs)), "kata-nonexistent")
+    assert '"runc"' in err.value.message
+    assert len(k.state.pods) == 2
+
+
+def test_a_malformed_image_reference_is_explained(k: Kit) -> None:
+    with pytest.raises(NotFound) as err:
+        k.ctr(k.pod(), image="Bad Ref")
+    assert "whitespace" in err.value.message and "crictl pull" not in err.value.message
+
+
+# -- events: order, bytes, size ----------------------------------------------------------------
+
+
+def test_events_arrive_in_the_order_of_transitions(k: Kit) -> None:
+    """Stops and removes race (and exits on their own): per container, the events a
+    subscriber sees are CREATED, STARTED, STOPPED, DELETED, never DELETED first."""
+    pid = k.pod()
+
+    def stop(cid: str) -> None:
+        with contextlib.suppress(NotFound):  # removed first: that race is the point
+            k.state.stop_container(cid, 0)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: provoke reordering
+    try:
+        with k.state.events.subscribe(queue_size=100_000) as sub:
+            for round_ in range(40):
+                cids = [
+                    k.ctr(
+                        pid,
+                        f"r{round_}-{i}",
+                        ["sh", "-c", "exit 0"] if i % 2 else ["sleep", "infinity"],
+                    )
+                    for i in range(6)
+                ]
+                for cid in cids:
+                    k.state.start_container(cid)
+                threads = [threading.Thread(target=stop, args=(c,)) for c in cids] + [
+                    threading.Thread(target=k.state.remove_container, args=(c,)) for c in cids
+                ]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            seen: dict[str, list[int]] = {}
+            while (event := sub.get(timeout=0.5)) is not None:
+                seen.setdefault(event.container_id, []).append(event.container_event_type)
+    finally:
+        sys.setswitchinterval(interval)
+    expected = [
+        pb.CONTAINER_CREATED_EVENT,
+        pb.CONTAINER_STARTED_EVENT,
+        pb.CONTAINER_STOPPED_EVENT,
+        pb.CONTAINER_DELETED_EVENT,
+    ]
+    wrong = {cid[:8]: kinds for cid, kinds in seen.items() if kinds != expected}
+    assert len(seen) == 240 and not wrong
+
+
+def test_a_stalled_subscriber_holds_bounded_bytes(k: Kit) -> None:
+    pid = k.pod()
+    k.ctr(pid, "fat", annotations={"a": "x" * (512 << 10)})  # every event copies its status
+    stalled = k.state.events.subscribe()
+    try:
+        for i in range(100):
+            k.state.remove_container(k.ctr(pid, f"c{i}", ["true"]))
+        assert stalled.queued_bytes <= k.state.events.queue_bytes
+        assert 0 < len(stalled) < 200 and stalled.dropped == 200 - len(stalled)
+        events = [stalled.get(timeout=1) for _ in range(len(stalled))]
+        assert events[-1].container_event_type == pb.CONTAINER_DELETED_EVENT  # the newest kept
+        assert stalled.queued_bytes == 0
+    finally:
+        stalled.close()
+
+
+def test_an_event_too_big_for_one_message_is_trimmed(k: Kit) -> None:
+    pid = k.pod()
+    with k.state.events.subscribe(queue_bytes=200 << 20) as sub:
+        for i in range(5):  # 5 x 4 MiB of annotations: every event of the pod would be 20 MiB
+            k.ctr(pid, f"big{i}", annotations={"a": "x" * (4 << 20)})
+        small = k.ctr(pid, "small")
+        events = [sub.get(timeout=2) for _ in range(6)]
+    for event in events:
+        assert event.ByteSize() <= MAX_EVENT_BYTES
+    last = events[-1]
+    assert last.container_id == small
+    assert [s.id for s in last.containers_statuses] == [small]  # its own status is kept
+    assert "over the 16 MiB" in last.pod_sandbox_status.annotations[EVENT_TRIMMED_NOTE]
+    assert EVENT_TRIMMED_NOTE not in events[0].pod_sandbox_status.annotations  # 4 MiB: fits

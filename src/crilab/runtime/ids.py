@@ -11,6 +11,7 @@ import bisect
 import hashlib
 import itertools
 import os
+from collections.abc import Iterator
 
 from .errors import InvalidArgument, NotFound
 
@@ -50,6 +51,10 @@ class PrefixIndex:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def __iter__(self) -> Iterator[str]:
+        """The IDs in sorted order (a copy: the index may change meanwhile)."""
+        return iter(list(self._ids))
 
     def __contains__(self, ident: str) -> bool:
         i = bisect.bisect_left(self._ids, ident)

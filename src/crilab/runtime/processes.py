@@ -24,6 +24,7 @@ and the kubelet read.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import platform
@@ -40,6 +41,7 @@ from typing import BinaryIO, Literal, cast
 from crilab.runtime.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 
 Stream = Literal["stdout", "stderr"]
+_log = logging.getLogger(__name__)
 
 BUSY_COMMANDS = 1000  # simple commands the shell runs per CPU slice ...
 BUSY_SLICE = 0.1  # ... and the simulated time that slice takes: a busy loop still lets time pass
@@ -50,6 +52,12 @@ MAX_EXEC_OUTPUT = 16 * 1024 * 1024 - 64 * 1024
 MAX_WORD = 1024 * 1024  # longest word or variable value: stops X=$X$X doubling forever
 MAX_FILE_BYTES = 1024 * 1024  # largest simulated file a redirection may grow
 MAX_NESTING = 32  # nested loops/ifs in one script, and nested shells
+#: Longest command (all of argv, in UTF-8 bytes) a container or an exec may run. Linux refuses
+#: far less (one argument over 128 KiB: "argument list too long"); parsing a huge ``sh -c``
+#: script costs real CPU time that no simulated clock sees, so the cap bounds it.
+MAX_COMMAND_BYTES = 1024 * 1024
+#: Longest a simulated wait may be: ``Event.wait``/``time.sleep`` overflow past it (~292 years).
+MAX_WAIT = threading.TIMEOUT_MAX
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024  # the kubelet's default containerLogMaxSize
 MAX_LOG_LINE = 16 * 1024  # longer lines are split into P chunks, as containerd does
 
@@ -82,6 +90,22 @@ Step = Output | Sleep
 Steps = Generator[Step, None, int]
 
 
+def capped(seconds: float) -> float:
+    """``seconds`` as a timeout every wait accepts: 0 <= result <= MAX_WAIT (NaN -> 0)."""
+    if not seconds > 0:
+        return 0.0
+    return min(seconds, MAX_WAIT)
+
+
+class Killed(Exception):
+    """Raised into a running ExecSync when its container exits or is removed: the
+    command dies with it (SIGKILL), as every process in a container's PID namespace does."""
+
+
+def _no_check() -> None:
+    return None
+
+
 @dataclass
 class ProcessContext:
     """What a process can see of its container. ``files`` is mutable: share one dict per
@@ -105,10 +129,13 @@ class ProcessContext:
     def __post_init__(self) -> None:
         name, _, group = self.user.partition(":")
         passwd = {"root": (0, 0)}
+        homes: dict[int, str] = {}
         for line in self.files.get("/etc/passwd", b"").decode(errors="replace").splitlines():
             fields = line.split(":")
             if len(fields) > 3 and fields[2].isdigit() and fields[3].isdigit():
                 passwd[fields[0]] = (int(fields[2]), int(fields[3]))
+                if len(fields) > 5:
+                    homes.setdefault(int(fields[2]), fields[5])
         numeric = name.isascii() and name.isdigit()
         if name in passwd:
             self.uid, self.gid = passwd[name]
@@ -119,6 +146,10 @@ class ProcessContext:
         if group.isascii() and group.isdigit():
             self.gid = int(group)
         self.user = name
+        # runc sets HOME when the image and the config leave it out: the user's home in
+        # /etc/passwd, else "/" (so `echo $HOME` prints /root for root, as in containerd)
+        if self.env is not None and "HOME" not in self.env:
+            self.env["HOME"] = homes.get(self.uid) or "/"
 
 
 def default_files(
@@ -163,6 +194,9 @@ class Process:
         prog = _lookup(self.argv[0])
         self.pid1 = prog.name if prog else posixpath.basename(self.argv[0])  # what PID 1 runs
         self.sigterm_exit_code: int | None = prog.sigterm_exit_code if prog else None
+        #: Called now and then while the shell works without yielding (parsing a long script,
+        #: a busy loop): it raises to stop the process (deadline passed, caller gone, killed).
+        self.check: Callable[[], None] = _no_check
         self._steps = self._run()
 
     def steps(self) -> Steps:
@@ -200,7 +234,35 @@ def spawn(argv: Sequence[str], ctx: ProcessContext) -> Process:
     """Start simulating ``argv``. Never fails for a bad script: that becomes exit 2."""
     if not argv:
         raise InvalidArgument("cannot run an empty command: argv has no program name")
+    check_command_size(argv)
     return Process(argv, ctx)
+
+
+def check_command_size(argv: Sequence[str], what: str = "the command") -> None:
+    """InvalidArgument when ``argv`` is over MAX_COMMAND_BYTES (a huge ``sh -c`` script)."""
+    size = sum(len(a) for a in argv) + len(argv)  # characters, and a NUL after each
+    if size * 4 > MAX_COMMAND_BYTES:  # could be over in UTF-8: count the bytes
+        size = sum(len(a.encode("utf-8", "surrogatepass")) for a in argv) + len(argv)
+    if size > MAX_COMMAND_BYTES:
+        raise InvalidArgument(
+            f"{what} is {size} bytes long, over crilab's limit of {MAX_COMMAND_BYTES} bytes "
+            "(1 MiB; a real Linux refuses one argument over 128 KiB with 'argument list too "
+            "long'). Write a shorter script: loop in the shell instead of repeating commands"
+        )
+
+
+def missing_program(argv: Sequence[str]) -> str | None:
+    """What runc says when ``argv[0]`` is no executable (None when it is one).
+
+    Only the program that is run directly counts: ``sh -c "foo"`` starts (sh exists) and
+    exits 127 later, as a real shell does.
+    """
+    name = argv[0] if argv else ""
+    if program_exists(name):
+        return None
+    if "/" in name:
+        return f'exec: "{name}": stat {name}: no such file or directory'
+    return f'exec: "{name}": executable file not found in $PATH'
 
 
 def resolve_argv(
@@ -225,6 +287,11 @@ def resolve_argv(
     return argv
 
 
+def program_names() -> list[str]:
+    """The simulated executables, sorted (builtins such as ``exit`` are not files)."""
+    return sorted(name for name, prog in _PROGRAMS.items() if not prog.builtin)
+
+
 def program_exists(name: str) -> bool:
     """Whether ``name`` is a simulated executable (lets a runtime fail StartContainer early)."""
     return _lookup(name) is not None
@@ -245,17 +312,31 @@ def run_sync(
     timeout: float | None,
     sleep: Callable[[float], object] = time.sleep,
     *,
+    check: Callable[[], None] | None = None,
     max_output: int = MAX_EXEC_OUTPUT,
     max_seconds: float = MAX_EXEC_SECONDS,
 ) -> ExecResult:
     """Run ``process`` to its end for ExecSync, really sleeping through ``sleep``.
 
-    Past ``timeout`` (0/None: none, then ``max_seconds``) it raises DeadlineExceeded.
+    Past ``timeout`` (0/None: none, then ``max_seconds``) it raises DeadlineExceeded;
+    so it does when the work itself (parsing a long script, a busy loop) takes that long
+    in real time. ``check`` is called between steps and during long work: it raises to
+    stop the command (DeadlineExceeded: the caller left; :class:`Killed`: its container
+    went, and then the answer is the output so far with exit 137, as for a killed exec).
     Past ``max_output`` bytes it stops the command and returns what fitted, exit 137,
     with a note on stderr: the output is more useful to a learner than an error.
     """
     limited = bool(timeout and timeout > 0)
     limit = float(timeout) if limited and timeout else max_seconds
+    wall_end = time.monotonic() + capped(limit)
+
+    def poll() -> None:
+        if check is not None:
+            check()
+        if time.monotonic() > wall_end:
+            raise DeadlineExceeded(_deadline_message(process, limit, limited))
+
+    process.check = poll
     out: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
     total, elapsed = 0, 0.0
     steps = process.steps()
@@ -270,11 +351,15 @@ def run_sync(
                 total += len(step.data)
             elif step.seconds > limit - elapsed:
                 if limit > elapsed:
-                    sleep(limit - elapsed)
+                    sleep(capped(limit - elapsed))
+                poll()
                 raise DeadlineExceeded(_deadline_message(process, limit, limited))
             else:
-                sleep(step.seconds)
+                sleep(capped(step.seconds))
                 elapsed += step.seconds
+            poll()
+    except Killed:
+        return ExecResult(bytes(out["stdout"]), bytes(out["stderr"]), 137)
     finally:
         process.close()
     code = process.exit_code if process.exit_code is not None else 0
@@ -327,7 +412,9 @@ class CRILogWriter:
     """Appends a container's output to its log file in the CRI format, thread-safely.
 
     Rotates once to ``path + ".1"`` past ``max_bytes`` so a chatty loop cannot
-    fill the disk (as the kubelet's log rotation would).
+    fill the disk (as the kubelet's log rotation would). A file error never stops the
+    container: a rotation that fails is logged and rotation stops (the file grows on),
+    a write that fails is logged and its output dropped (``error`` says what happened).
     """
 
     def __init__(
@@ -343,6 +430,8 @@ class CRILogWriter:
         self._lock = threading.Lock()
         self._file: BinaryIO | None = None
         self._size = 0
+        self.rotating = True  # False once a rotation failed
+        self.error = ""  # the last file error, for a learner or a test to read
         self.reopen()  # the empty file exists at once: `crictl logs` works before any output
 
     def write(self, stream: Stream, data: bytes, when_ns: int | None = None) -> None:
@@ -358,21 +447,34 @@ class CRILogWriter:
             if self._file is None:
                 raise FailedPrecondition(f"log file {self.path} is closed: reopen it first")
             batch = bytearray()
-            for record in records:
-                size = self._size + len(batch)
-                if size and size + len(record) > self.max_bytes:  # never rotate an empty file
-                    self._flush(batch)
-                    self._rotate()
-                batch += record
-            self._flush(batch)
+            try:
+                for record in records:
+                    size = self._size + len(batch)
+                    # never rotate an empty file
+                    if self.rotating and size and size + len(record) > self.max_bytes:
+                        self._flush(batch)
+                        self._rotate()
+                    batch += record
+                self._flush(batch)
+            except OSError as exc:  # disk full, I/O error: the output is lost, not the process
+                self._failed(f"cannot write to {self.path}: {_reason(exc)}; output was dropped")
 
     def reopen(self) -> None:
-        """Close and reopen ``path`` (ReopenContainerLog, after the kubelet moved the file)."""
+        """Open ``path`` anew (ReopenContainerLog, after the kubelet moved the file).
+
+        Raises OSError if it cannot be opened; the file in use before (if any) then stays
+        in use, so a failed reopen changes nothing.
+        """
         with self._lock:
-            self._close()
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 -- long-lived
-            self._size = os.fstat(self._file.fileno()).st_size
+            new = open(self.path, "ab", buffering=0)  # noqa: SIM115 -- long-lived
+            try:
+                size = os.fstat(new.fileno()).st_size
+            except OSError:
+                new.close()
+                raise
+            self._close()
+            self._file, self._size, self.rotating = new, size, True
 
     def close(self) -> None:
         with self._lock:
@@ -392,16 +494,45 @@ class CRILogWriter:
             batch.clear()
 
     def _rotate(self) -> None:
+        """Move the full file to ``path.1`` and start an empty one; on failure keep the
+        file in use (moved back if it was moved) and stop rotating."""
+        try:
+            with contextlib.suppress(FileNotFoundError):  # somebody else moved it already
+                os.replace(self.path, self.path + ".1")
+        except OSError as exc:
+            self._rotation_failed(exc)
+            return
+        try:
+            new = open(self.path, "ab", buffering=0)  # noqa: SIM115 -- long-lived
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.replace(self.path + ".1", self.path)
+            self._rotation_failed(exc)
+            return
         self._close()
-        with contextlib.suppress(FileNotFoundError):  # somebody else moved it already
-            os.replace(self.path, self.path + ".1")
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
-        self._size = 0
+        self._file, self._size = new, 0
+
+    def _rotation_failed(self, exc: OSError) -> None:
+        self.rotating = False
+        self._failed(
+            f"cannot rotate {self.path} to {self.path}.1: {_reason(exc)}; the log now grows "
+            f"past {self.max_bytes} bytes. Make {os.path.dirname(self.path)} a writable "
+            "directory holding no directory of that name, then ReopenContainerLog"
+        )
+
+    def _failed(self, message: str) -> None:
+        if message != self.error:  # once per kind of failure, not once per line
+            _log.warning("crilab container log: %s", message)
+        self.error = message
 
     def _close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 _LOG_LINE = re.compile(r"(\S+) (stdout|stderr) ([FP]) (.*)", re.S)
@@ -471,25 +602,48 @@ def _unsupported(what: str) -> _SyntaxError:
     )
 
 
-def _lex(script: str) -> list[_Token]:
-    """Split a script into words, keeping quote kinds, and operators."""
+_PLAIN = re.compile(r"[^ \t\n\\'\"<>;&|()`$#]+")  # a run of characters with no meaning to the lexer
+_QUOTED_SPECIAL = re.compile(r'["\\`$]')  # what ends or escapes inside "..."
+_CHECK_EVERY = 1024  # tokens (or parsed commands) between two looks at Process.check
+
+
+def _lex(script: str, check: Callable[[], None] = _no_check) -> list[_Token]:
+    """Split a script into words, keeping quote kinds, and operators.
+
+    Runs of plain characters are taken at once, and a word's text is joined once at its
+    end (adding one character at a time to a string made a 1 MiB word take seconds).
+    """
     tokens: list[_Token] = []
-    parts: list[tuple[str, str]] = []
+    parts: list[tuple[str, list[str]]] = []
 
     def add(kind: str, text: str) -> None:
         if parts and parts[-1][0] == kind:
-            parts[-1] = (kind, parts[-1][1] + text)
+            parts[-1][1].append(text)
         else:
-            parts.append((kind, text))
+            parts.append((kind, [text]))
 
     def flush() -> None:
         if parts:
-            tokens.append(_Word(tuple(parts)))
+            tokens.append(_Word(tuple((kind, "".join(texts)) for kind, texts in parts)))
             parts.clear()
+            if len(tokens) % _CHECK_EVERY == 0:
+                check()
+
+    def lone_number() -> str:
+        """The text of the word so far if it is one unquoted ASCII number (the 2 of 2>&1)."""
+        if len(parts) == 1 and parts[0][0] == "u":
+            text = "".join(parts[0][1])
+            if text.isascii() and text.isdigit():
+                return text
+        return ""
 
     i = 0
     while i < len(script):
         c, two = script[i], script[i : i + 2]
+        if plain := _PLAIN.match(script, i):
+            add("u", plain[0])
+            i = plain.end()
+            continue
         if c in " \t":
             flush()
         elif c == "\\":
@@ -508,8 +662,9 @@ def _lex(script: str) -> list[_Token]:
         elif c == '"':
             i = _lex_double_quoted(script, i + 1, add)
         elif c in "<>":
-            numeric = len(parts) == 1 and parts[0][0] == "u" and parts[0][1].isascii()
-            fd = parts.pop()[1] if numeric and parts[0][1].isdigit() else ""  # the 2 of 2>&1
+            fd = lone_number()
+            if fd:
+                parts.clear()
             flush()
             tokens.append(fd + (two if two in (">>", ">&", "<&") else c))
             i += len(tokens[-1]) - len(fd) - 1
@@ -535,7 +690,10 @@ def _lex(script: str) -> list[_Token]:
 def _lex_double_quoted(script: str, i: int, add: Callable[[str, str], None]) -> int:
     """Read a "..." string from ``i``; return the index of its closing quote."""
     start = i
-    while i < len(script) and script[i] != '"':
+    while (special := _QUOTED_SPECIAL.search(script, i)) is not None:
+        i = special.start()
+        if script[i] == '"':
+            break
         two = script[i : i + 2]
         if two[:1] == "`" or two == "$(":
             raise _unsupported(two[:1] if two[:1] == "`" else two)
@@ -545,7 +703,7 @@ def _lex_double_quoted(script: str, i: int, add: Callable[[str, str], None]) -> 
             start = i = i + 2
         else:
             i += 1
-    if i >= len(script):
+    if special is None:
         raise _SyntaxError("unterminated quoted string")
     add("d", script[start:i])
     return i
@@ -554,8 +712,9 @@ def _lex_double_quoted(script: str, i: int, add: Callable[[str, str], None]) -> 
 class _Parser:
     """Recursive descent over a small POSIX subset: lists, && and ||, while and for loops."""
 
-    def __init__(self, script: str) -> None:
-        self.tokens, self.pos, self.depth = _lex(script), 0, 0
+    def __init__(self, script: str, check: Callable[[], None] = _no_check) -> None:
+        self.tokens, self.pos, self.depth = _lex(script, check), 0, 0
+        self.check, self.parsed = check, 0
 
     def parse(self) -> _Node:
         tree = self.parse_list(())
@@ -602,6 +761,9 @@ class _Parser:
             if token is None or (isinstance(token, _Word) and token.plain in stop):
                 break
             items.append(self.parse_and_or())
+            self.parsed += 1
+            if self.parsed % _CHECK_EVERY == 0:
+                self.check()
             if not self.take(";", "&", "\n"):  # `a & b` runs a, then b: no job control
                 break
         if stop and not items:  # a loop needs a condition and a body
@@ -761,7 +923,7 @@ class _Shell:
 
     def run_script(self, script: str) -> Steps:
         try:
-            tree = _Parser(script).parse()
+            tree = _Parser(script, self.proc.check).parse()
         except _SyntaxError as e:
             yield _err(f"sh: syntax error: {e}\n")
             return 2
@@ -820,6 +982,8 @@ class _Shell:
     def tick(self) -> Iterator[Step]:
         """Charge each command some CPU time, so a busy loop still yields and time passes."""
         self.busy += 1
+        if self.busy % 64 == 0:
+            self.proc.check()
         if self.busy >= BUSY_COMMANDS:
             self.busy = 0
             yield Sleep(BUSY_SLICE)

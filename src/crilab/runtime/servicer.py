@@ -293,7 +293,8 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
         resp = api_pb2.StatusResponse()
         for kind in ("RuntimeReady", "NetworkReady"):
             resp.status.conditions.add(type=kind, status=True)
-        resp.runtime_handlers.add(name="", features=api_pb2.RuntimeHandlerFeatures())
+        for name in self.state.runtime_handlers:  # "" (the default) and "runc"
+            resp.runtime_handlers.add(name=name, features=api_pb2.RuntimeHandlerFeatures())
         resp.features.supplemental_groups_policy = True
         if request.verbose:
             resp.info["config"] = (

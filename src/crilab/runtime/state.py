@@ -8,7 +8,8 @@ State is kept as protobuf (the ``PodSandbox``/``Container`` list items and
 their statuses are updated in place), so a List answer is a copy of stored
 messages, not a rebuild from dicts. Filters use indexes (by state, pod and
 label), never a scan of every container. One lock guards the maps and indexes;
-no I/O and no sleeping happen under it.
+no I/O and no sleeping happen under it. Container events are published under it
+(publishing only appends to bounded queues), so they arrive in transition order.
 
 Behaviour follows containerd 1.6 (observed), except that where containerd
 answers UNKNOWN for a caller's mistake this answers the precise code
@@ -18,9 +19,12 @@ answers UNKNOWN for a caller's mistake this answers the precise code
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
+import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -31,8 +35,15 @@ from typing import Any
 
 from ..stubs import api_pb2
 from . import processes
-from .errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
-from .events import EventHub
+from .errors import (
+    AlreadyExists,
+    CRIError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from .events import MAX_EVENT_BYTES, EventHub
 from .ids import IdFactory, PrefixIndex
 from .registry import ImageRecord, Registry, normalize
 from .scheduler import Scheduler
@@ -46,6 +57,19 @@ NOTREADY = api_pb2.SANDBOX_NOTREADY
 EXIT_KILLED = 137  # 128 + SIGKILL, what a runtime reports for a killed process
 SETTLE_SECONDS = 1.0  # longest StopContainer waits for a just-started process's first step
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+EXIT_START_ERROR = 128  # what containerd reports when the process could not be started
+#: What containerd 1.6 puts before runc's words in such a container's status message.
+START_ERROR_PREFIX = (
+    "failed to create containerd task: failed to create shim task: OCI runtime create "
+    "failed: runc create failed: unable to start container process: "
+)
+RUNTIME_HANDLERS = ("", "runc")  # "" is the default handler, runc, as in containerd's config
+
+#: Where a trimmed event (one over the message limit) says what was left out.
+EVENT_TRIMMED_NOTE = "crilab.event-trimmed"
+
+log = logging.getLogger(__name__)
 
 RUNTIME_NAME = "crilab-fake"
 RUNTIME_VERSION = "0.1.0"
@@ -94,6 +118,9 @@ class Container:
     log: processes.CRILogWriter | None
     run: _Run | None = None
     ctx: processes.ProcessContext | None = None  # one per container: files persist
+    own_log: bool = False  # the runtime chose the log's directory: it deletes the log too
+    starting: bool = False  # a StartContainer is opening the log (outside the lock)
+    execs: set[_Exec] = field(default_factory=set)  # ExecSyncs running in it
 
     @property
     def id(self) -> str:
@@ -115,6 +142,14 @@ class _Run:
     # ``process.sigterm_exit_code`` say what PID 1 really is (an entrypoint script execs nginx)
     settled: threading.Event = field(default_factory=threading.Event)
     cancelled: bool = False
+
+
+@dataclass(eq=False)
+class _Exec:
+    """One running ExecSync: ``wake`` ends its sleeps (the caller left, or ``killed``)."""
+
+    wake: threading.Event
+    killed: bool = False  # its container exited or went: the command died with it
 
 
 _GENERATIONS = itertools.count(1)
@@ -180,6 +215,9 @@ class _Index:
 class RuntimeState:
     """Everything the fake runtime knows. Thread-safe; no gRPC."""
 
+    #: What RunPodSandbox takes as runtime_handler (Status advertises them).
+    runtime_handlers = RUNTIME_HANDLERS
+
     def __init__(
         self,
         *,
@@ -201,8 +239,12 @@ class RuntimeState:
         self._preload = list(images)
         self.pod_cidr = ""
         self._init_maps()
-        for ref in self._preload:
-            self.pull_image(ref)
+        try:
+            for ref in self._preload:
+                self.pull_image(ref)
+        except BaseException:  # a bad preload: leave no timer thread and no temp dir behind
+            self.close()
+            raise
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -226,36 +268,42 @@ class RuntimeState:
     def reset(self) -> None:
         """Forget every pod, container and image, then pull the preloaded images again."""
         with self._lock:
-            runs = [c.run for c in self.containers.values() if c.run]
-            logs = [c.log for c in self.containers.values() if c.log]
-            for run in runs:
-                run.cancelled = True
-                run.exited.set()
+            logs = self._stop_everything_locked()
             self._init_maps()
-        for log in logs:
-            log.close()
+        self._forget_logs(logs)
         for ref in self._preload:
             self.pull_image(ref)
 
     def close(self) -> None:
         """Stop the timer thread and close logs; the state cannot serve afterwards."""
         with self._lock:
-            runs = [c.run for c in self.containers.values() if c.run]
-            logs = [c.log for c in self.containers.values() if c.log]
-        for run in runs:
-            run.cancelled = True
-            run.exited.set()
+            logs = self._stop_everything_locked()
         self._scheduler.close()
         self.events.close()
-        for log in logs:
-            log.close()
+        self._forget_logs(logs)
         if self._own_root:
-            import shutil
-
             shutil.rmtree(self.root, ignore_errors=True)
 
+    def _stop_everything_locked(self) -> list[tuple[processes.CRILogWriter, bool]]:
+        """End every simulated process and exec; the logs to close (and whether to delete)."""
+        for ctr in self.containers.values():
+            if ctr.run is not None:
+                ctr.run.cancelled = True
+                ctr.run.exited.set()
+            self._kill_execs_locked(ctr)
+        return [(c.log, c.own_log) for c in self.containers.values() if c.log]
+
+    def _forget_logs(self, logs: list[tuple[processes.CRILogWriter, bool]]) -> None:
+        for writer, _ in logs:
+            writer.close()
+        self._delete_logs([writer.path for writer, own in logs if own])
+
     def check_invariants(self) -> list[str]:
-        """Everything that must hold between the maps and indexes (for tests and fuzzing)."""
+        """Everything that must hold between the maps and indexes (for tests and fuzzing).
+
+        Every index is compared with what the maps say it must hold: the prefix indexes,
+        the state and label indexes of pods and containers, and the name reservations.
+        """
         problems: list[str] = []
         with self._lock:
             for cid, ctr in self.containers.items():
@@ -266,28 +314,38 @@ class RuntimeState:
                     problems.append(f"pod {pod.id} does not list its container {cid}")
                 if ctr.item.state != ctr.status.state:
                     problems.append(f"container {cid} list state and status disagree")
-                if cid not in self._ctr_index.by_state.get(ctr.item.state, set()):
-                    problems.append(f"container {cid} missing from its state index")
                 if pod and pod.sandbox.state == NOTREADY and ctr.item.state == RUNNING:
                     problems.append(f"container {cid} RUNNING in NOTREADY pod {pod.id}")
+                if ctr.item.state != RUNNING and ctr.execs:
+                    problems.append(f"container {cid} is not running but has execs")
             for pid, pod in self.pods.items():
                 problems += [
                     f"pod {pid} lists unknown {c}"
                     for c in pod.containers
                     if c not in self.containers
                 ]
-            if len(self._ctr_ids) != len(self.containers):
-                problems.append("container prefix index size differs from the map")
-            if len(self._pod_ids) != len(self.pods):
-                problems.append("pod prefix index size differs from the map")
-            indexed = sum(len(s) for s in self._ctr_index.by_state.values())
-            if indexed != len(self.containers):
-                problems.append(
-                    f"state index holds {indexed} containers, map {len(self.containers)}"
-                )
-            if len(self._ctr_names) != len(self.containers):
+            problems += _index_problems(
+                "container",
+                self._ctr_index,
+                {cid: (c.item.state, c.item.labels) for cid, c in self.containers.items()},
+            )
+            problems += _index_problems(
+                "pod",
+                self._pod_index,
+                {pid: (p.sandbox.state, p.sandbox.labels) for pid, p in self.pods.items()},
+            )
+            if list(self._ctr_ids) != sorted(self.containers):
+                problems.append("container prefix index differs from the map")
+            if list(self._pod_ids) != sorted(self.pods):
+                problems.append("pod prefix index differs from the map")
+            ctr_names = {
+                (c.pod_id, c.item.metadata.name, c.item.metadata.attempt): cid
+                for cid, c in self.containers.items()
+            }
+            if self._ctr_names != ctr_names:
                 problems.append("container name reservations differ from the map")
-            if len(self._pod_names) != len(self.pods):
+            pod_names = {_pod_key(p.sandbox.metadata): pid for pid, p in self.pods.items()}
+            if self._pod_names != pod_names:
                 problems.append("pod name reservations differ from the map")
         return problems
 
@@ -317,7 +375,8 @@ class RuntimeState:
         md = config.metadata
         _require(md.name, "config.metadata.name")
         _check_log_directory(config.log_directory)
-        key = (md.name, md.namespace, md.uid, md.attempt)
+        _check_runtime_handler(runtime_handler)
+        key = _pod_key(md)
         with self._lock:
             holder = self._pod_names.get(key)
             if holder is not None:
@@ -350,38 +409,33 @@ class RuntimeState:
     def stop_pod_sandbox(self, pod_id: str) -> None:
         with self._lock:
             pod = self._pod(pod_id)
-            to_kill = [
-                self.containers[c]
-                for c in pod.containers
-                if self.containers[c].item.state == RUNNING
-            ]
-            events = [self._exit_locked(c, EXIT_KILLED) for c in to_kill]
+            for cid in pod.containers:
+                if self.containers[cid].item.state == RUNNING:
+                    self._exit_locked(self.containers[cid], EXIT_KILLED)
             if pod.sandbox.state == READY:
                 pod.sandbox.state = NOTREADY
                 self._pod_index.move(pod.id, READY, NOTREADY)
-        self._publish(events)
+        self._close_logs()
 
     def remove_pod_sandbox(self, pod_id: str) -> None:
-        events = []
         with self._lock:
             try:
                 pod = self._pod(pod_id)
             except NotFound:
                 return  # removing what is gone is OK, as in containerd
-            for cid in list(pod.containers):
-                ctr = self.containers[cid]
-                if ctr.item.state == RUNNING:
-                    events.append(self._exit_locked(ctr, EXIT_KILLED))
-                events.append(self._remove_container_locked(ctr))
+            gone = [self._remove_container_locked(self.containers[c]) for c in list(pod.containers)]
             if pod.sandbox.state == READY:
                 self._pod_index.move(pod.id, READY, NOTREADY)
                 pod.sandbox.state = NOTREADY
             del self.pods[pod.id]
             self._pod_ids.discard(pod.id)
             self._pod_index.remove(pod.id, pod.sandbox.state, pod.sandbox.labels)
-            md = pod.sandbox.metadata
-            self._pod_names.pop((md.name, md.namespace, md.uid, md.attempt), None)
-        self._publish(events)
+            self._pod_names.pop(_pod_key(pod.sandbox.metadata), None)
+        self._close_logs()
+        self._forget_logs(gone)
+        if not pod.config.log_directory:  # the runtime's own directory for this pod's logs
+            with contextlib.suppress(OSError):
+                os.rmdir(self.root / "logs" / pod.id)
 
     def pod_sandbox_status(
         self, pod_id: str, verbose: bool = False
@@ -459,6 +513,12 @@ class RuntimeState:
     # -- containers ----------------------------------------------------------
 
     def create_container(self, pod_id: str, config: api_pb2.ContainerConfig) -> str:
+        """Create a CREATED container and its (empty) log file.
+
+        The name is reserved under the lock, the file is made outside it, and only then
+        does the container appear (in lists and as a CREATED event): a failed create
+        leaves nothing, and no event about the container comes before its CREATED.
+        """
         _require(pod_id, "pod_sandbox_id")
         if not config.HasField("metadata"):
             raise InvalidArgument("config.metadata is required: set at least metadata.name")
@@ -473,10 +533,7 @@ class RuntimeState:
                 )
             image = self._find_image(config.image.image)
             if image is None:
-                raise NotFound(
-                    f'image "{config.image.image}" not found: pull it first '
-                    f"(PullImage, or crictl pull {config.image.image})"
-                )
+                raise _image_not_found(config.image.image)
             md = config.metadata
             key = (pod.id, md.name, md.attempt)
             holder = self._ctr_names.get(key)
@@ -488,54 +545,16 @@ class RuntimeState:
             argv = processes.resolve_argv(
                 list(image.entrypoint), list(image.cmd), list(config.command), list(config.args)
             )
+            processes.check_command_size(argv, "the container's command (with its args)")
             cid = self._ids.new("container")
             log_path = self._log_path(pod, config, cid)
-            stored = api_pb2.ContainerConfig()
-            stored.CopyFrom(config)
-            spec = api_pb2.ImageSpec(image=image.id, user_specified_image=config.image.image)
-            created = _now()
-            item = api_pb2.Container(
-                id=cid,
-                pod_sandbox_id=pod.id,
-                metadata=md,
-                image=spec,
-                image_ref=image.id,
-                image_id=image.id,
-                state=CREATED,
-                created_at=created,
-                labels=config.labels,
-                annotations=config.annotations,
-            )
-            status = api_pb2.ContainerStatus(
-                id=cid,
-                metadata=md,
-                state=CREATED,
-                created_at=created,
-                image=spec,
-                image_ref=image.id,
-                image_id=image.id,
-                labels=config.labels,
-                annotations=config.annotations,
-                mounts=config.mounts,
-                log_path=log_path,
-            )
-            if config.linux.HasField("resources"):
-                status.resources.linux.CopyFrom(config.linux.resources)
-            ctr = Container(self._next_seq(), item, status, stored, image, argv, None)
-            self.containers[cid] = ctr
-            pod.containers[cid] = None
-            self._ctr_ids.add(cid)
-            self._ctr_index.add(cid, CREATED, config.labels)
-            self._ctr_names[key] = cid
-            event = self._event_locked(ctr, api_pb2.CONTAINER_CREATED_EVENT)
+            self._ctr_names[key] = cid  # held while the log file is made
         try:
-            ctr.log = processes.CRILogWriter(log_path)  # I/O outside the lock
+            writer = processes.CRILogWriter(log_path)  # I/O outside the lock
         except (OSError, ValueError) as exc:  # too long a name, no permission, a NUL...
-            with self._lock:  # never announced (no event sent): take it back quietly
-                if self.containers.get(cid) is ctr:
-                    if ctr.item.state == RUNNING:
-                        self._exit_locked(ctr, EXIT_KILLED)
-                    self._remove_container_locked(ctr)
+            with self._lock:
+                if self._ctr_names.get(key) == cid:
+                    del self._ctr_names[key]
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise InvalidArgument(
                 f"cannot create the container's log file {log_path!r}: {reason}. Its path is "
@@ -544,9 +563,74 @@ class RuntimeState:
             ) from None
         # The file exists at once (crictl logs works), but only a RUNNING container holds
         # it open: thousands of created or exited containers must not exhaust descriptors.
-        ctr.log.close()
-        self._publish([event])
+        writer.close()
+        with self._lock:
+            if self._ctr_names.get(key) != cid or self.pods.get(pod.id) is not pod:
+                gone = "removed"  # the pod went (or the runtime was reset) meanwhile
+            elif pod.sandbox.state != READY:
+                gone = "stopped"
+            else:
+                gone = ""
+                self._add_container_locked(pod, config, cid, image, argv, writer)
+            if gone and self._ctr_names.get(key) == cid:
+                del self._ctr_names[key]
+        if gone:
+            if not pod.config.log_directory:
+                self._delete_logs([log_path])
+            raise NotFound(
+                f"pod sandbox {pod.id[:13]} was {gone} while the container was being created: "
+                "run a new pod sandbox and create the container there"
+            )
         return cid
+
+    def _add_container_locked(
+        self,
+        pod: Pod,
+        config: api_pb2.ContainerConfig,
+        cid: str,
+        image: ImageRecord,
+        argv: list[str],
+        writer: processes.CRILogWriter,
+    ) -> None:
+        md = config.metadata
+        stored = api_pb2.ContainerConfig()
+        stored.CopyFrom(config)
+        spec = api_pb2.ImageSpec(image=image.id, user_specified_image=config.image.image)
+        created = _now()
+        item = api_pb2.Container(
+            id=cid,
+            pod_sandbox_id=pod.id,
+            metadata=md,
+            image=spec,
+            image_ref=image.id,
+            image_id=image.id,
+            state=CREATED,
+            created_at=created,
+            labels=config.labels,
+            annotations=config.annotations,
+        )
+        status = api_pb2.ContainerStatus(
+            id=cid,
+            metadata=md,
+            state=CREATED,
+            created_at=created,
+            image=spec,
+            image_ref=image.id,
+            image_id=image.id,
+            labels=config.labels,
+            annotations=config.annotations,
+            mounts=config.mounts,
+            log_path=writer.path,
+        )
+        if config.linux.HasField("resources"):
+            status.resources.linux.CopyFrom(config.linux.resources)
+        ctr = Container(self._next_seq(), item, status, stored, image, argv, writer)
+        ctr.own_log = not pod.config.log_directory
+        self.containers[cid] = ctr
+        pod.containers[cid] = None
+        self._ctr_ids.add(cid)
+        self._ctr_index.add(cid, CREATED, config.labels)
+        self._emit_locked(ctr, api_pb2.CONTAINER_CREATED_EVENT, pod)
 
     def _log_path(self, pod: Pod, config: api_pb2.ContainerConfig, cid: str) -> str:
         directory = pod.config.log_directory or str(self.root / "logs" / pod.id)
@@ -566,33 +650,78 @@ class RuntimeState:
         return path
 
     def start_container(self, container_id: str) -> None:
+        """Start a CREATED container; its log is opened first, outside the lock.
+
+        A program that does not exist fails the call and leaves the container EXITED
+        (128, StartError), as containerd does; a log that cannot be opened fails it and
+        leaves the container CREATED, untouched.
+        """
         with self._lock:
             ctr = self._container(container_id)
-            state = ctr.item.state
-            if state != CREATED:
-                raise FailedPrecondition(
-                    f"container {ctr.id[:13]} is in {container_state_name(state)} state, not "
-                    "CONTAINER_CREATED: a container starts only once. Create a new container "
-                    "(with metadata.attempt + 1) to run it again"
-                )
-            pod = self.pods[ctr.pod_id]
-            if pod.sandbox.state != READY:
-                raise FailedPrecondition(
-                    f"pod sandbox {pod.id[:13]} is not ready: a container cannot start in a "
-                    "stopped pod"
-                )
-            process = processes.spawn(ctr.argv, self._context(ctr, pod))
-            ctr.run = _Run(process, process.steps())
-            self._move_locked(ctr, RUNNING)
-            ctr.status.started_at = _now()
-            event = self._event_locked(ctr, api_pb2.CONTAINER_STARTED_EVENT)
-            run = ctr.run
-        if ctr.log:
+            self._check_startable_locked(ctr)
+            missing = processes.missing_program(ctr.argv)
+            if missing is not None:
+                self._start_error_locked(ctr, missing)
+                raise FailedPrecondition(_start_error_advice(ctr, missing))
+            ctr.starting = True
+        assert ctr.log is not None  # every created container has its writer
+        try:
             ctr.log.reopen()
-            if run.cancelled:  # killed meanwhile, and its log closed before this reopen
-                ctr.log.close()
-        self._publish([event])
+        except OSError as exc:
+            with self._lock:
+                ctr.starting = False
+            raise FailedPrecondition(_log_advice(ctr.log.path, exc, "start")) from None
+        error: CRIError | None = None
+        with self._lock:
+            ctr.starting = False
+            try:
+                if self.containers.get(ctr.id) is not ctr:
+                    raise NotFound(
+                        f"container {ctr.id[:13]} was removed while it was being started"
+                    )
+                self._check_startable_locked(ctr)
+            except CRIError as exc:
+                error = exc
+            else:
+                pod = self.pods[ctr.pod_id]
+                process = processes.spawn(ctr.argv, self._context(ctr, pod))
+                ctr.run = run = _Run(process, process.steps())
+                process.check = functools.partial(_check_cancelled, run)
+                self._move_locked(ctr, RUNNING)
+                ctr.status.started_at = _now()
+                self._emit_locked(ctr, api_pb2.CONTAINER_STARTED_EVENT, pod)
+        if error is not None:
+            ctr.log.close()
+            raise error
         self._scheduler.call_soon(lambda: self._advance(ctr, run))
+
+    def _check_startable_locked(self, ctr: Container) -> None:
+        state = ctr.item.state
+        if state != CREATED:
+            raise FailedPrecondition(
+                f"container {ctr.id[:13]} is in {container_state_name(state)} state, not "
+                "CONTAINER_CREATED: a container starts only once. Create a new container "
+                "(with metadata.attempt + 1) to run it again"
+            )
+        if ctr.starting:
+            raise FailedPrecondition(
+                f"container {ctr.id[:13]} is being started by another StartContainer call: "
+                "a container starts only once"
+            )
+        pod = self.pods[ctr.pod_id]
+        if pod.sandbox.state != READY:
+            raise FailedPrecondition(
+                f"pod sandbox {pod.id[:13]} is not ready: a container cannot start in a stopped pod"
+            )
+
+    def _start_error_locked(self, ctr: Container, message: str) -> None:
+        """The process could not be started: EXITED, 128, StartError (containerd's record)."""
+        self._move_locked(ctr, EXITED)
+        ctr.status.exit_code = EXIT_START_ERROR
+        ctr.status.finished_at = _now()
+        ctr.status.reason = "StartError"
+        ctr.status.message = START_ERROR_PREFIX + message
+        self._emit_locked(ctr, api_pb2.CONTAINER_STOPPED_EVENT)
 
     def _context(self, ctr: Container, pod: Pod) -> processes.ProcessContext:
         if ctr.ctx is None:
@@ -631,6 +760,8 @@ class RuntimeState:
                 self._exited(ctr, run, processes.exit_code_of(run.process, stop))
                 return
             except Exception:  # a simulator bug becomes a crash of that container only
+                if not run.cancelled:
+                    log.exception("crilab: the simulated process of %s failed", ctr.id[:13])
                 self._exited(ctr, run, 139)
                 return
             if isinstance(step, processes.Output):
@@ -638,8 +769,8 @@ class RuntimeState:
                     with contextlib.suppress(FailedPrecondition):  # removed meanwhile
                         ctr.log.write(step.stream, step.data)
             elif isinstance(step, processes.Sleep):
-                if step.seconds == float("inf"):
-                    return  # runs until stopped
+                if step.seconds > processes.MAX_WAIT:  # inf, or centuries: until stopped
+                    return
                 self._scheduler.call_later(step.seconds, lambda: self._advance(ctr, run))
                 return
 
@@ -647,20 +778,28 @@ class RuntimeState:
         with self._lock:
             if run.cancelled or ctr.run is not run or ctr.item.state != RUNNING:
                 return
-            event = self._exit_locked(ctr, code)
-        self._publish([event])
+            self._exit_locked(ctr, code)
+        self._close_logs()
 
-    def _exit_locked(self, ctr: Container, code: int) -> api_pb2.ContainerEventResponse:
+    def _exit_locked(self, ctr: Container, code: int) -> None:
         if ctr.run is not None:
             ctr.run.cancelled = True
             ctr.run.exited.set()
+        self._kill_execs_locked(ctr)
         self._move_locked(ctr, EXITED)
         ctr.status.exit_code = code
         ctr.status.finished_at = _now()
         ctr.status.reason = "Completed" if code == 0 else "Error"
         if ctr.log:
-            self._logs_to_close.append(ctr.log)  # closed by _publish, outside the lock
-        return self._event_locked(ctr, api_pb2.CONTAINER_STOPPED_EVENT)
+            self._logs_to_close.append(ctr.log)  # closed by _close_logs, outside the lock
+        self._emit_locked(ctr, api_pb2.CONTAINER_STOPPED_EVENT)
+
+    def _kill_execs_locked(self, ctr: Container) -> None:
+        """The container's processes die with it: every ExecSync in it ends (exit 137)."""
+        for ex in ctr.execs:
+            ex.killed = True
+            ex.wake.set()
+        ctr.execs.clear()
 
     def _move_locked(self, ctr: Container, new: int) -> None:
         self._ctr_index.move(ctr.id, ctr.item.state, new)
@@ -700,27 +839,25 @@ class RuntimeState:
         if timeout > 0 and not _wait(run.exited, timeout, abandoned):
             return  # the caller gave up before the grace period ended
         with self._lock:
-            if ctr.run is run and ctr.item.state == RUNNING:
-                event = self._exit_locked(ctr, EXIT_KILLED)
-            else:
+            if ctr.run is not run or ctr.item.state != RUNNING:
                 return
-        self._publish([event])
+            self._exit_locked(ctr, EXIT_KILLED)
+        self._close_logs()
 
     def remove_container(self, container_id: str) -> None:
-        events = []
         with self._lock:
             try:
                 ctr = self._container(container_id)
             except NotFound:
                 return  # unknown or already removed: OK, as in containerd
-            if ctr.item.state == RUNNING:
-                events.append(self._exit_locked(ctr, EXIT_KILLED))
-            events.append(self._remove_container_locked(ctr))
-        if ctr.log:
-            ctr.log.close()
-        self._publish(events)
+            gone = [self._remove_container_locked(ctr)]
+        self._close_logs()
+        self._forget_logs(gone)
 
-    def _remove_container_locked(self, ctr: Container) -> api_pb2.ContainerEventResponse:
+    def _remove_container_locked(self, ctr: Container) -> tuple[processes.CRILogWriter, bool]:
+        """Kill it if it runs, forget it; its log writer (and whether to delete the file)."""
+        if ctr.item.state == RUNNING:
+            self._exit_locked(ctr, EXIT_KILLED)
         del self.containers[ctr.id]
         self._ctr_ids.discard(ctr.id)
         self._ctr_index.remove(ctr.id, ctr.item.state, ctr.item.labels)
@@ -728,7 +865,25 @@ class RuntimeState:
         if pod is not None:
             pod.containers.pop(ctr.id, None)
         self._ctr_names.pop((ctr.pod_id, ctr.item.metadata.name, ctr.item.metadata.attempt), None)
-        return self._event_locked(ctr, api_pb2.CONTAINER_DELETED_EVENT, pod)
+        self._emit_locked(ctr, api_pb2.CONTAINER_DELETED_EVENT, pod)
+        assert ctr.log is not None
+        return ctr.log, ctr.own_log
+
+    def _delete_logs(self, paths: list[str]) -> None:
+        """Delete logs in the runtime's own directories (never one a client named), with
+        their rotated ``.1`` and the directories they leave empty. Outside the lock."""
+        top = self.root / "logs"
+        for path in paths:
+            for name in (path, path + ".1"):
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+            parent = Path(path).parent
+            while parent != top and top in parent.parents:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break  # not empty (another container's log), or gone
+                parent = parent.parent
 
     def container_status(
         self, container_id: str, verbose: bool = False
@@ -786,9 +941,13 @@ class RuntimeState:
         """Run ``cmd`` in the container until it exits or ``timeout`` seconds pass.
 
         ``abandoned`` is set when the caller gives up: the command stops there, so a
-        caller that went away never keeps a server thread sleeping.
+        caller that went away never keeps a server thread sleeping. The runtime sets it
+        too when the container exits or is removed: the command is killed with it, and
+        the answer is its output so far with exit code 137.
         """
         _require(cmd, "cmd")
+        processes.check_command_size(cmd, "cmd")
+        ex = _Exec(abandoned if abandoned is not None else threading.Event())
         with self._lock:
             ctr = self._container(container_id)
             if ctr.item.state != RUNNING:
@@ -797,28 +956,30 @@ class RuntimeState:
                     "state: exec needs a RUNNING container (start it first)"
                 )
             ctx = self._context(ctr, self.pods[ctr.pod_id])
-        result = processes.run_sync(
-            processes.spawn(list(cmd), ctx), timeout or None, sleep=self._sleeper(abandoned)
-        )
+            ctr.execs.add(ex)
+        try:
+            result = processes.run_sync(
+                processes.spawn(list(cmd), ctx),
+                timeout if timeout > 0 else None,
+                sleep=self._sleeper(ex),
+                check=functools.partial(_check_exec, ex),
+            )
+        finally:
+            with self._lock:
+                ctr.execs.discard(ex)
         return api_pb2.ExecSyncResponse(
             stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code
         )
 
-    def _sleeper(self, abandoned: threading.Event | None) -> Callable[[float], None]:
-        """``self._sleep``, cut short (DeadlineExceeded) once ``abandoned`` is set."""
-        if abandoned is None:
-            return self._sleep
+    def _sleeper(self, ex: _Exec) -> Callable[[float], None]:
+        """``self._sleep``, cut short once the caller leaves or the container goes."""
 
         def sleep(seconds: float) -> None:
             if self._sleep is time.sleep:
-                abandoned.wait(seconds)
+                ex.wake.wait(processes.capped(seconds))
             else:  # an injected clock (tests): sleep with it, then look
                 self._sleep(seconds)
-            if abandoned.is_set():
-                raise DeadlineExceeded(
-                    "the caller gave up (cancelled, or its deadline passed), so crilab "
-                    "stopped the command"
-                )
+            _check_exec(ex)
 
         return sleep
 
@@ -836,28 +997,29 @@ class RuntimeState:
                     "can be reopened"
                 )
         if ctr.log:
-            ctr.log.reopen()
+            try:
+                ctr.log.reopen()
+            except OSError as exc:  # the file in use before stays in use
+                raise FailedPrecondition(_log_advice(ctr.log.path, exc, "reopen")) from None
 
     def update_container_resources(
         self, container_id: str, linux: api_pb2.LinuxContainerResources | None
     ) -> None:
+        """Record new limits. An EXITED container takes them too (containerd updates its
+        spec and answers OK; they would apply if it ran again)."""
         with self._lock:
             ctr = self._container(container_id)
-            if ctr.item.state == EXITED:
-                raise FailedPrecondition(
-                    f"container {ctr.id[:13]} has exited: resources of an exited container "
-                    "cannot change"
-                )
             if linux is not None:
                 ctr.status.resources.linux.CopyFrom(linux)
 
     # -- events ----------------------------------------------------------------
 
-    def _event_locked(
-        self, ctr: Container, kind: int, pod: Pod | None = None
-    ) -> api_pb2.ContainerEventResponse | None:
+    def _emit_locked(self, ctr: Container, kind: int, pod: Pod | None = None) -> None:
+        """Build and publish one event, under the lock: subscribers see events in the
+        order of the transitions. Built only for subscribers (it copies every status of
+        the pod); one that would not fit a gRPC message is trimmed."""
         if not self.events.subscribers:
-            return None  # nobody listens: building it would cost O(containers in the pod)
+            return
         pod = pod or self.pods.get(ctr.pod_id)
         event = api_pb2.ContainerEventResponse(
             container_id=ctr.id, container_event_type=kind, created_at=_now()
@@ -869,16 +1031,17 @@ class RuntimeState:
             )
         if kind == api_pb2.CONTAINER_DELETED_EVENT:
             event.containers_statuses.append(ctr.status)
-        return event
+        size = event.ByteSize()
+        if size > MAX_EVENT_BYTES:
+            size = _trim_event(event, size)
+        self.events.publish(event, size)
 
-    def _publish(self, events: list[api_pb2.ContainerEventResponse | None]) -> None:
+    def _close_logs(self) -> None:
+        """Close the logs of containers that exited (collected under the lock)."""
         with self._lock:
             logs, self._logs_to_close = self._logs_to_close, []
-        for log in logs:
-            log.close()
-        for event in events:
-            if event is not None:
-                self.events.publish(event)
+        for writer in logs:
+            writer.close()
 
     # -- images ----------------------------------------------------------------
 
@@ -948,6 +1111,127 @@ class RuntimeState:
         """Hold the state lock (for consistent multi-step reads in tests)."""
         with self._lock:
             yield self
+
+
+def _index_problems(
+    kind: str, index: _Index, records: Mapping[str, tuple[int, Mapping[str, str]]]
+) -> list[str]:
+    """How ``index`` differs from what ``records`` (ID -> (state, labels)) say it must hold."""
+    problems = []
+    by_state: dict[int, set[str]] = {}
+    by_label: dict[tuple[str, str], set[str]] = {}
+    for ident, (state, labels) in records.items():
+        by_state.setdefault(state, set()).add(ident)
+        for pair in labels.items():
+            by_label.setdefault(pair, set()).add(ident)
+    for state in set(by_state) | set(index.by_state):
+        want, have = by_state.get(state, set()), index.by_state.get(state, set())
+        if want != have:
+            problems.append(
+                f"{kind} state index for {state}: missing {sorted(want - have)[:3]}, "
+                f"extra {sorted(have - want)[:3]}"
+            )
+    for pair in set(by_label) | set(index.by_label):
+        want, have = by_label.get(pair, set()), index.by_label.get(pair)
+        if have is None or want != have:
+            kept = have or set()
+            problems.append(
+                f"{kind} label index for {pair!r}: missing {sorted(want - kept)[:3]}, "
+                f"extra {sorted(kept - want)[:3]}"
+                + (" (an empty set is kept)" if have is not None and not have else "")
+            )
+    return problems
+
+
+def _pod_key(md: api_pb2.PodSandboxMetadata) -> tuple[str, str, str, int]:
+    return (md.name, md.namespace, md.uid, md.attempt)
+
+
+def _check_exec(ex: _Exec) -> None:
+    """Stop a running ExecSync: killed with its container, or its caller left."""
+    if ex.killed:
+        raise processes.Killed()
+    if ex.wake.is_set():
+        raise DeadlineExceeded(
+            "the caller gave up (cancelled, or its deadline passed), so crilab stopped the command"
+        )
+
+
+def _check_cancelled(run: _Run) -> None:
+    """Stop a container's process in the middle of long work once it was stopped."""
+    if run.cancelled:
+        raise processes.Killed()
+
+
+def _trim_event(event: api_pb2.ContainerEventResponse, size: int) -> int:
+    """Make an event over the message limit fit, saying what was left out; its new size.
+
+    First the statuses of the pod's other containers go, then this container's own, then
+    the pod's labels and annotations: a watcher always gets the event itself.
+    """
+    own = [s for s in event.containers_statuses if s.id == event.container_id][-1:]
+    left_out = "the statuses of the pod's other containers"
+    del event.containers_statuses[:]
+    event.containers_statuses.extend(own)
+    if event.ByteSize() > MAX_EVENT_BYTES:
+        del event.containers_statuses[:]
+        left_out = "every container status"
+    pod = event.pod_sandbox_status
+    if event.ByteSize() > MAX_EVENT_BYTES:
+        pod.ClearField("labels")
+        pod.ClearField("annotations")
+        left_out += " and the pod's labels and annotations"
+    pod.annotations[EVENT_TRIMMED_NOTE] = (
+        f"crilab: this event would have been {size} bytes, over the 16 MiB gRPC message "
+        f"limit, so {left_out} were left out. Read them with PodSandboxStatus or "
+        "ContainerStatus"
+    )
+    return event.ByteSize()
+
+
+def _image_not_found(ref: str) -> NotFound:
+    """NOT_FOUND (as containerd) with advice that fits: pull it, or fix a malformed name."""
+    try:
+        normalize(ref)
+    except InvalidArgument as exc:
+        return NotFound(
+            f'image "{ref}" not found: {exc.message}. No image can have that name, so no '
+            "pull will find it: fix config.image.image"
+        )
+    return NotFound(f'image "{ref}" not found: pull it first (PullImage, or crictl pull {ref})')
+
+
+def _start_error_advice(ctr: Container, missing: str) -> str:
+    return (
+        f"cannot start container {ctr.id[:13]}: {missing}. It is now CONTAINER_EXITED "
+        f"(exit code {EXIT_START_ERROR}, reason StartError), as containerd leaves it. Fix "
+        "config.command (or pick an image whose entrypoint exists) and create a new "
+        "container; crilab's images have these programs: " + ", ".join(processes.program_names())
+    )
+
+
+def _log_advice(path: str, exc: OSError, doing: str) -> str:
+    reason = exc.strerror or str(exc)
+    directory = os.path.dirname(path)
+    what = (
+        "the container stays CONTAINER_CREATED: fix it, then call StartContainer again"
+        if doing == "start"
+        else "the container keeps writing to the file it had"
+    )
+    return (
+        f"cannot open the container's log file {path!r}: {reason}. Its directory "
+        f"{directory!r} must be a writable directory and the path itself must not be a "
+        f"directory; {what}"
+    )
+
+
+def _check_runtime_handler(handler: str) -> None:
+    if handler not in RUNTIME_HANDLERS:
+        raise NotFound(
+            f"no runtime for {handler!r} is configured: this runtime has the handlers "
+            '"" (the default) and "runc". Leave runtime_handler empty (or the pod\'s '
+            "RuntimeClass unset) to use the default"
+        )
 
 
 def _check_log_directory(directory: str) -> None:
