@@ -419,7 +419,6 @@ PUBLIC_MODULES = frozenset(
         f"crilab.{name}"
         for name in (
             "builders",
-            "endpoints",  # EndpointError, what serving on a taken port raises
             "exercises",
             "helloworld",
             "latency",
