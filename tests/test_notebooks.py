@@ -178,6 +178,7 @@ EXPECT: dict[str, Expect] = {
             "did:   started job/task attempt 2",
             "job | task | 1 | CONTAINER_EXITED | 1 (Error)",
             "did:   removed pod web",
+            "0 pod(s) on the node, 0 of them ours",  # lab.cleanup(), on the fake
             "ListContainers calls saw",
             "CONTAINER_STOPPED_EVENT",
             "ended CANCELLED",
