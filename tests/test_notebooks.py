@@ -158,6 +158,8 @@ EXPECT: dict[str, Expect] = {
             "StatusCode.DEADLINE_EXCEEDED after",
             "recorded DEADLINE_EXCEEDED",
             "a reply that nobody read: crilab-fake",
+            "UNAVAILABLE           20 of 200 calls",  # seeded faults: the same counts every run
+            "RESOURCE_EXHAUSTED     9 of 200 calls",
             "errors: {'DEADLINE_EXCEEDED'",
             "16 caller(s) | 300 |",
             "by Little's law",
