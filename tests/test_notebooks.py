@@ -163,6 +163,10 @@ EXPECT: dict[str, Expect] = {
             "errors: {'DEADLINE_EXCEEDED'",
             "16 caller(s) | 300 |",
             "by Little's law",
+            "in-process, 1 caller(s) |",  # the fake in this kernel and in a process of its own
+            "own process, 8 caller(s) |",
+            "ms of this kernel's CPU per call",
+            "stopped (exit code 0) on unix://",  # the clean-up cell stopped it, cleanly
             "serving on tcp://127.0.0.1:",
             "TCP 127.0.0.1, run 3",
         ),
