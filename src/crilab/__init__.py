@@ -27,6 +27,7 @@ _LAZY = {
     "Tap": "crilab.wiretap",
     "sequence_diagram": "crilab.wiretap",
     "spawn_runtime": "crilab.spawned",
+    "EndpointError": "crilab.endpoints",
 }
 
 __all__ = ["__version__", *_LAZY]
