@@ -440,7 +440,7 @@ def resolve(recipe: tuple, known: list[str]) -> str:
 # -- typed fuzzing, RPC by RPC ----------------------------------------------------------
 
 
-@fuzz_settings(100)
+@fuzz_settings(200)
 @given(cfg=pod_configs(), handler=st.one_of(st.sampled_from(["", "runc"]), texts))
 def test_run_pod_sandbox(target: Target, cfg: pb.PodSandboxConfig, handler: str) -> None:
     target.baseline()
@@ -472,7 +472,7 @@ def test_run_pod_sandbox(target: Target, cfg: pb.PodSandboxConfig, handler: str)
     target.still_fine()
 
 
-@fuzz_settings(100)
+@fuzz_settings(200)
 @given(
     cfg=container_configs(),
     pod=st.one_of(st.just(None), id_recipes, log_directories),
@@ -537,7 +537,7 @@ CONTAINER_RPCS = (
 )
 
 
-@fuzz_settings(200)
+@fuzz_settings(400)
 @given(
     recipe=id_recipes,
     method=st.sampled_from(CONTAINER_RPCS),
@@ -582,7 +582,7 @@ POD_RPCS = (
 )
 
 
-@fuzz_settings(100)
+@fuzz_settings(200)
 @given(
     recipe=id_recipes,
     method=st.sampled_from(POD_RPCS),
@@ -664,7 +664,7 @@ endless_cmds = st.sampled_from(
 HUGE_TIMEOUT_DEADLINE = 0.2  # the call's deadline when the command's timeout is huge
 
 
-@fuzz_settings(80)
+@fuzz_settings(160)
 @given(
     recipe=st.one_of(st.just(None), id_recipes),
     case=st.one_of(
@@ -705,7 +705,7 @@ def test_exec_sync(target: Target, recipe: tuple | None, case: tuple[int, list[s
     target.still_fine()
 
 
-@fuzz_settings(100)
+@fuzz_settings(200)
 @given(
     method=st.sampled_from(["PullImage", "ImageStatus", "RemoveImage", "ListImages"]),
     ref=st.one_of(image_refs, st.tuples(st.sampled_from(["", "sha256:"]), id_recipes)),
@@ -752,7 +752,7 @@ optional_ids = st.one_of(st.none(), id_recipes)
 optional_states = st.one_of(st.none(), enum_values)
 
 
-@fuzz_settings(120)
+@fuzz_settings(240)
 @given(
     method=st.sampled_from(LISTS),
     no_filter=st.integers(0, 5).map(lambda n: n == 0),
@@ -824,7 +824,7 @@ def test_lists_with_random_filters(
     target.still_fine()
 
 
-@fuzz_settings(40)
+@fuzz_settings(80)
 @given(
     method=st.sampled_from(
         [
@@ -914,7 +914,7 @@ garbage = st.one_of(
 )
 
 
-@fuzz_settings(400)
+@fuzz_settings(800)
 @given(
     index=st.integers(0, len(METHODS) - 1),
     payload=st.one_of(garbage, st.tuples(st.just("truncate"), st.integers(0, 200))),
