@@ -167,3 +167,40 @@ def test_mistakes_come_back_as_crictl_errors(served) -> None:
     wrong = crictl(served, "inspect", "0123456789abc", ok=False)
     assert wrong.returncode != 0 and "not found" in wrong.stderr.lower()
     assert crictl(served, "version").returncode == 0  # the server keeps serving
+
+
+def test_the_readme_crictl_block_runs_as_written(tmp_path: Path) -> None:
+    """The README's paste-me block, run by bash with the real crictl against `crilab serve`
+    (started in its own process by ``crilab.spawn_runtime``), exactly as a reader would."""
+    import crilab
+
+    binary = find_crictl()
+    require(binary, "crictl not found: set $CRICTL, put ../shared beside the repo, or install it")
+    assert binary is not None
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = [b.split("\n", 1)[1] for b in readme.split("```sh")[1:]]
+    [block] = [b.split("```", 1)[0] for b in blocks if "cat > pod.json" in b]
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "crictl").symlink_to(os.path.abspath(binary))
+    with crilab.spawn_runtime() as rt:
+        env = {
+            **os.environ,
+            "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "CONTAINER_RUNTIME_ENDPOINT": rt.endpoint,
+        }
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 0, f"the README block failed:\n{done.stdout}\n{done.stderr}"
+    out = done.stdout
+    assert "RuntimeName:  crilab-fake" in out  # crictl version
+    assert "hello from crilab" in out  # crictl logs
+    assert "\nhi\n" in f"\n{out}"  # crictl exec -s
+    assert "Deleted: docker.io/library/alpine:latest" in out  # crictl rmi, the last line
