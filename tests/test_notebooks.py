@@ -77,7 +77,7 @@ EXPECT: dict[str, Expect] = {
             'message: "Hello, Ada!"',
             "code:    StatusCode.INVALID_ARGUMENT",
             "details: HelloRequest.name is empty",
-            "StatusCode.DEADLINE_EXCEEDED after 0.5 s",
+            "StatusCode.DEADLINE_EXCEEDED after",  # the time printed depends on the load
             "trailing metadata: ()",
         ),
         min_exercises=2,
