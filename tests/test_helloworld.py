@@ -75,3 +75,19 @@ def test_rerunning_on_the_same_socket_path_works(tmp_path) -> None:
 def test_too_long_socket_path_is_refused_with_the_limit() -> None:
     with pytest.raises(EndpointError, match="at most 107"):
         helloworld.serve("unix:///tmp/" + "x" * 120 + ".sock")
+
+
+def test_a_request_over_16_mib_is_refused_before_the_handler(server) -> None:
+    """Only the fake runtime raises grpc's receive limit (to refuse oversize requests itself,
+    with advice); the Greeter keeps the 16 MiB limit both ways."""
+    from crilab.serving import MAX_MESSAGE_BYTES
+
+    options = [("grpc.max_send_message_length", 32 * 1024 * 1024)]
+    with grpc.insecure_channel(server.endpoint.grpc_target, options=options) as ch:
+        stub = helloworld_pb2_grpc.GreeterStub(ch)
+        big = helloworld_pb2.HelloRequest(name="x" * (MAX_MESSAGE_BYTES + 1))
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.SayHello(big, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "Received message larger than max" in caught.value.details()
+        assert stub.SayHello(helloworld_pb2.HelloRequest(name="Ada"), timeout=10).message

@@ -463,3 +463,20 @@ def test_every_answer_and_stream_message_over_16_mib_is_refused_with_advice(
     small = rt.state.run_pod_sandbox(pod_config("small", log_directory=logs))
     reply = s.rs.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=small), timeout=10)
     assert reply.status.id == small
+
+
+def test_every_stream_sizes_its_messages_where_it_builds_them() -> None:
+    """``_translating`` sizes unary answers only: a stream must size its own messages."""
+    import inspect
+
+    from crilab.runtime.servicer import ImageServicer, RuntimeServicer
+
+    streams = [
+        (name, method)
+        for servicer in (RuntimeServicer, ImageServicer)
+        for name, method in vars(servicer).items()
+        if name[:1].isupper() and inspect.isgeneratorfunction(inspect.unwrap(method))
+    ]
+    assert len(streams) == 7, [name for name, _ in streams]  # 6 Stream* + GetContainerEvents
+    for name, method in streams:
+        assert getattr(method, "_sized_when_built", False), f"{name} sizes nothing"

@@ -67,6 +67,15 @@ class Endpoint:
         return self.uri
 
 
+def crictl_command(endpoint: str | Endpoint, tcp_hint: str) -> str:
+    """A crictl command line pointed at ``endpoint``; crictl (like the kubelet) accepts unix
+    sockets only, so for TCP a comment saying ``tcp_hint`` instead."""
+    target = endpoint if isinstance(endpoint, Endpoint) else parse(endpoint)
+    if not target.is_unix:
+        return f"# crictl accepts unix sockets only; {tcp_hint}"
+    return f"crictl --runtime-endpoint {target.uri} --image-endpoint {target.uri}"
+
+
 def _join_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 

@@ -23,7 +23,7 @@ import grpc
 
 from .builders import NOTEBOOK_LABELS, container_config, pod_config
 from .client import ENDPOINT_ENV, Client, connect
-from .endpoints import parse
+from .endpoints import crictl_command
 
 DEFAULT_IMAGE = "busybox"
 
@@ -62,9 +62,7 @@ class Lab:
         """A crictl command line pointed at this notebook's runtime, fake or real."""
         if self.runtime is not None:
             return self.runtime.crictl_command()
-        if not parse(self.endpoint).is_unix:
-            return "# crictl accepts unix sockets only; this runtime listens on TCP"
-        return f"crictl --runtime-endpoint {self.endpoint} --image-endpoint {self.endpoint}"
+        return crictl_command(self.endpoint, "this runtime listens on TCP")
 
     def pod_config(self, name: str, **kw: Any):
         """``builders.pod_config`` with this runtime's network, labelled as the notebook's."""

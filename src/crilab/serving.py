@@ -49,17 +49,18 @@ from .endpoints import (
 
 #: The kubelet accepts CRI messages up to 16 MiB; so do we, both ways.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-#: What grpc lets through to a handler: above the 16 MiB limit, so that the fake runtime
-#: sees an oversize request and refuses it itself (RESOURCE_EXHAUSTED with advice, recorded
-#: in the history; see ``runtime/instrument.py``). grpc's own refusal names no limit's
-#: reason, and the call would never reach the history. Past this, grpc refuses.
+#: What grpc lets through to the fake runtime's handlers (``FakeRuntime`` passes it; every
+#: other server keeps 16 MiB): above the limit, so that the runtime sees an oversize
+#: request and refuses it itself (RESOURCE_EXHAUSTED with advice, recorded in the history;
+#: see ``runtime/instrument.py``). grpc's own refusal names no reason, and the call would
+#: never reach the history. Past this, grpc refuses.
 MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 
 SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     # grpc enables SO_REUSEPORT by default: two servers could then share one TCP
     # port and split its calls silently. Off, so a taken port is an error.
     ("grpc.so_reuseport", 0),
-    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 )
 
@@ -299,7 +300,8 @@ class GrpcServer:
             self._server = grpc.server(
                 self._executor,
                 interceptors=[*interceptors, self.gate],
-                options=[*SERVER_OPTIONS, *options],
+                # one value per option, ``options`` winning: never a duplicate key for grpc
+                options=list({**dict(SERVER_OPTIONS), **dict(options)}.items()),
                 # calls past this are refused at once (RESOURCE_EXHAUSTED) instead of
                 # waiting, unseen, for a thread: the queue is at most one pool deep
                 maximum_concurrent_rpcs=2 * max_workers,

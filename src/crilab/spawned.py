@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from .endpoints import EndpointError, parse, reclaim_stale_socket
+from .endpoints import EndpointError, crictl_command, parse, reclaim_stale_socket
 
 __all__ = ["SpawnError", "SpawnedRuntime", "spawn_runtime"]
 
@@ -77,9 +77,7 @@ class SpawnedRuntime:
 
     def crictl_command(self) -> str:
         """A crictl command line pointed at this runtime (unix sockets only)."""
-        if not parse(self.endpoint).is_unix:
-            return "# crictl accepts unix sockets only; spawn with listen=None for crictl"
-        return f"crictl --runtime-endpoint {self.endpoint} --image-endpoint {self.endpoint}"
+        return crictl_command(self.endpoint, "spawn with listen=None for crictl")
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, wait up to ``timeout`` s, then SIGKILL; the socket is removed. Idempotent."""

@@ -19,7 +19,6 @@ from crilab.runtime.errors import CRIError, DeadlineExceeded, FailedPrecondition
 from crilab.runtime.processes import (
     BUSY_SLICE,
     MAX_COMMAND_BYTES,
-    MAX_WAIT,
     CRILogWriter,
     ExecResult,
     Killed,
@@ -37,6 +36,7 @@ from crilab.runtime.processes import (
     run_sync,
     spawn,
 )
+from crilab.runtime.scheduler import MAX_DELAY as MAX_WAIT
 
 OS_RELEASE = 'NAME="Alpine Linux"\nID=alpine\nVERSION_ID=3.20.0\n'
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z")

@@ -29,11 +29,6 @@ DEFAULT_QUEUE_BYTES = 8 * 1024 * 1024
 MAX_EVENT_BYTES = 16 * 1024 * 1024 - 64 * 1024
 
 
-def _size_of(event: Any) -> int:
-    size = getattr(event, "ByteSize", None)
-    return size() if size is not None else 0
-
-
 class Subscription:
     """One reader's bounded queue. Iterate it, or call ``get`` with a timeout."""
 
@@ -123,14 +118,10 @@ class EventHub:
             self._subs.append(sub)
         return sub
 
-    def publish(self, event: Any, size: int | None = None) -> None:
-        """Queue ``event`` (of ``size`` bytes, measured if not given) for every subscriber."""
+    def publish(self, event: Any, size: int) -> None:
+        """Queue ``event`` (of ``size`` bytes, as its builder measured) for every subscriber."""
         with self._lock:
             subs = list(self._subs)
-        if not subs:
-            return
-        if size is None:
-            size = _size_of(event)
         for sub in subs:
             sub._put(event, size)
 

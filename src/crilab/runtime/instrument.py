@@ -255,9 +255,10 @@ class Instrument(grpc.ServerInterceptor):
         self._calls: collections.deque[Call] = collections.deque(maxlen=check_history(history))
         self._kept: collections.deque[tuple[Call, int, int]] = collections.deque()
         self._kept_bytes = 0
-        # the last answer sized and its size: a List answer reused across calls (see
-        # the servicer's ``_Answers``) is sized once, not once per call
-        self._sized: tuple[Any, int] = (None, 0)
+        # answers sized lately, by id (each held, so an id is never reused while here): a
+        # List answer reused across calls (the servicer's ``_Answers``; the kubelet
+        # alternates ListPodSandbox and ListContainers) is sized once, not once per call
+        self._sized: dict[int, tuple[Any, int]] = {}
         self._faults: list[_Fault] = []
         self._sleeping: set[_Plan] = set()  # calls waiting out an injected delay
         self._stopped = False
@@ -656,15 +657,22 @@ class Instrument(grpc.ServerInterceptor):
         """The message and its size, or a short note of its size when it is too big to keep."""
         if not hasattr(message, "ByteSize"):
             return message, 0
-        last, size = self._sized
-        if message is not last:
+        known = self._sized.get(id(message))
+        if known is not None and known[0] is message:
+            size = known[1]
+        else:
             size = message.ByteSize()  # for a big message this costs an encode
-            if remember:
-                self._sized = (message, size)
+            if remember and size > 1024:  # a small one is sized again quicker than looked up
+                if len(self._sized) >= _SIZED_LIMIT:
+                    self._sized = {}
+                self._sized[id(message)] = (message, size)
         if size > KEEP_RESPONSE_BYTES:
             return f"<{type(message).__name__}: {size} bytes, not kept>", 0
         return message, size
 
+
+_SIZED_LIMIT = 32
+"""Answers whose size the instrument remembers (twice the servicer's reused List answers)."""
 
 _NOT_RECORDED = ("grpc.", "crilab.")
 """Services (by name prefix) that are served untouched: not recorded, never faulted."""

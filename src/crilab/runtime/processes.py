@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from typing import BinaryIO, Literal, cast
 
 from crilab.runtime.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
+from crilab.runtime.scheduler import capped
 
 Stream = Literal["stdout", "stderr"]
 _log = logging.getLogger(__name__)
@@ -56,8 +57,6 @@ MAX_NESTING = 32  # nested loops/ifs in one script, and nested shells
 #: far less (one argument over 128 KiB: "argument list too long"); parsing a huge ``sh -c``
 #: script costs real CPU time that no simulated clock sees, so the cap bounds it.
 MAX_COMMAND_BYTES = 1024 * 1024
-#: Longest a simulated wait may be: ``Event.wait``/``time.sleep`` overflow past it (~292 years).
-MAX_WAIT = threading.TIMEOUT_MAX
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024  # the kubelet's default containerLogMaxSize
 MAX_LOG_LINE = 16 * 1024  # longer lines are split into P chunks, as containerd does
 
@@ -88,13 +87,6 @@ class Sleep:
 
 Step = Output | Sleep
 Steps = Generator[Step, None, int]
-
-
-def capped(seconds: float) -> float:
-    """``seconds`` as a timeout every wait accepts: 0 <= result <= MAX_WAIT (NaN -> 0)."""
-    if not seconds > 0:
-        return 0.0
-    return min(seconds, MAX_WAIT)
 
 
 class Killed(Exception):

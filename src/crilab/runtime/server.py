@@ -21,10 +21,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..serving import GrpcServer
+from ..endpoints import crictl_command
+from ..serving import MAX_RECEIVE_BYTES, GrpcServer
 from ..stubs import api_pb2, api_pb2_grpc, control_pb2_grpc
 from .control import CONTROL_SERVICE, ControlServicer, RemoteControl
-from .instrument import UNSET, Call, Instrument, Lognormal, check_history
+from .instrument import UNSET, Call, Instrument, Lognormal
 from .servicer import ImageServicer, RuntimeServicer
 from .state import RuntimeState
 
@@ -59,9 +60,9 @@ class FakeRuntime:
         history: int = 10_000,
         max_workers: int = 32,
     ) -> None:
-        check_history(history)  # before anything is started that would need stopping
-        self.state = RuntimeState(images=images, seed=seed)
+        # first: it checks ``history`` before anything is started that would need stopping
         self.instrument = Instrument(history=history, methods=_method_names())
+        self.state = RuntimeState(images=images, seed=seed)
         self.health = health.HealthServicer()
         try:
             self._server = GrpcServer(
@@ -69,6 +70,7 @@ class FakeRuntime:
                 listen,
                 max_workers=max_workers,
                 interceptors=[self.instrument],
+                options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)],
             )
         except BaseException:
             self.state.close()
@@ -113,10 +115,7 @@ class FakeRuntime:
 
     def crictl_command(self) -> str:
         """A crictl command line pointed at this runtime (unix sockets only)."""
-        if not self._server.endpoint.is_unix:
-            return "# crictl accepts unix sockets only; start with FakeRuntime() for crictl"
-        ep = self.endpoint
-        return f"crictl --runtime-endpoint {ep} --image-endpoint {ep}"
+        return crictl_command(self._server.endpoint, "start with FakeRuntime() for crictl")
 
     def stop(self, grace: float | None = 0.5) -> None:
         """Stop serving, remove the socket, end the timers. A new FakeRuntime can follow.

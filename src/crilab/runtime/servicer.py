@@ -82,14 +82,6 @@ def _too_big(method: str, size: int) -> ResourceExhausted:
     )
 
 
-def _too_big_message(method: str, size: int) -> ResourceExhausted:
-    return ResourceExhausted(
-        f"one {method} message would be {size} bytes, over {_LIMIT}, so the stream ends "
-        f"here. {_BIG_OBJECT}; a container event carries the statuses of its pod and of "
-        "the pod's containers, theirs included"
-    )
-
-
 def _sized_when_built(method: Callable[..., Any]) -> Callable[..., Any]:
     """Mark a method whose answers are checked against the limit where they are built
     (``_fitting``, ``_chunks``): sizing a reused List answer again on every call would
@@ -101,8 +93,9 @@ def _sized_when_built(method: Callable[..., Any]) -> Callable[..., Any]:
 def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
     """Turn domain errors into status codes; anything else is a crilab bug (INTERNAL).
 
-    Every answer and stream message is sized first (``ByteSize`` runs in C: well under
-    a microsecond for most answers) unless the method sized it where it was built.
+    Every unary answer is sized first (``ByteSize`` runs in C: well under a microsecond
+    for most answers) unless the method sized it where it was built. Streams size their
+    messages where they build them (``_chunks``; the state trims an event to fit).
     """
     name = method.__name__
     checked = not getattr(method, "_sized_when_built", False)
@@ -123,14 +116,7 @@ def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         def streaming(self, request, context):
             try:
-                if not checked:
-                    yield from method(self, request, context)
-                    return
-                for message in method(self, request, context):
-                    size = message.ByteSize()
-                    if size > MAX_MESSAGE_BYTES:
-                        raise _too_big_message(name, size)
-                    yield message
+                yield from method(self, request, context)
             except Exception as exc:
                 fail(context, exc)
 
@@ -461,6 +447,7 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
         "cancel the event streams nobody reads: a `crictl events` left running, an "
         "events panel you no longer watch, a `client.container_events()` loop not left"
     )
+    @_sized_when_built  # the state trims an event to fit the limit when it builds it
     def GetContainerEvents(self, request, context):
         with self.state.events.subscribe() as sub:
             context.add_callback(sub.close)  # the client went away: free the queue

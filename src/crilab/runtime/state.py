@@ -46,7 +46,7 @@ from .errors import (
 from .events import MAX_EVENT_BYTES, EventHub
 from .ids import IdFactory, PrefixIndex
 from .registry import ImageRecord, Registry, normalize
-from .scheduler import Scheduler
+from .scheduler import MAX_DELAY, Scheduler, capped
 
 CREATED = api_pb2.CONTAINER_CREATED
 RUNNING = api_pb2.CONTAINER_RUNNING
@@ -432,10 +432,7 @@ class RuntimeState:
             self._pod_index.remove(pod.id, pod.sandbox.state, pod.sandbox.labels)
             self._pod_names.pop(_pod_key(pod.sandbox.metadata), None)
         self._close_logs()
-        self._forget_logs(gone)
-        if not pod.config.log_directory:  # the runtime's own directory for this pod's logs
-            with contextlib.suppress(OSError):
-                os.rmdir(self.root / "logs" / pod.id)
+        self._forget_logs(gone)  # the pod's own log directory goes with its last log
 
     def pod_sandbox_status(
         self, pod_id: str, verbose: bool = False
@@ -769,7 +766,7 @@ class RuntimeState:
                     with contextlib.suppress(FailedPrecondition):  # removed meanwhile
                         ctr.log.write(step.stream, step.data)
             elif isinstance(step, processes.Sleep):
-                if step.seconds > processes.MAX_WAIT:  # inf, or centuries: until stopped
+                if step.seconds > MAX_DELAY:  # inf, or centuries: until stopped
                     return
                 self._scheduler.call_later(step.seconds, lambda: self._advance(ctr, run))
                 return
@@ -976,7 +973,7 @@ class RuntimeState:
 
         def sleep(seconds: float) -> None:
             if self._sleep is time.sleep:
-                ex.wake.wait(processes.capped(seconds))
+                ex.wake.wait(capped(seconds))
             else:  # an injected clock (tests): sleep with it, then look
                 self._sleep(seconds)
             _check_exec(ex)
@@ -1227,9 +1224,10 @@ def _log_advice(path: str, exc: OSError, doing: str) -> str:
 
 def _check_runtime_handler(handler: str) -> None:
     if handler not in RUNTIME_HANDLERS:
+        names = ", ".join(f'"{h}"' for h in RUNTIME_HANDLERS)
         raise NotFound(
             f"no runtime for {handler!r} is configured: this runtime has the handlers "
-            '"" (the default) and "runc". Leave runtime_handler empty (or the pod\'s '
+            f'{names} ("" is the default). Leave runtime_handler empty (or the pod\'s '
             "RuntimeClass unset) to use the default"
         )
 

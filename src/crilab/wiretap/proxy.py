@@ -35,6 +35,7 @@ from typing import Any
 from ..endpoints import (
     Endpoint,
     EndpointError,
+    crictl_command,
     parse,
     private_socket,
     reclaim_stale_socket,
@@ -215,9 +216,7 @@ class Tap:
 
     def crictl_command(self) -> str:
         """A crictl command line pointed at the tap (unix sockets only)."""
-        if not self._endpoint.is_unix:
-            return "# crictl accepts unix sockets only; start the tap with listen=None"
-        return f"crictl --runtime-endpoint {self.endpoint} --image-endpoint {self.endpoint}"
+        return crictl_command(self._endpoint, "start the tap with listen=None")
 
     def _accept_loop(self) -> None:
         while not self._stopped.is_set():
