@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,16 @@ def run_python(
         timeout=timeout,
         check=False,
     )
+
+
+def eventually(check: Callable[[], object], within: float = 10.0) -> bool:
+    """Whether ``check()`` turns true within ``within`` seconds (polled; assert on it)."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def find_crictl() -> str | None:

@@ -24,6 +24,8 @@ from crilab.builders import container_config, pod_config
 from crilab.stubs import api_pb2 as pb
 from crilab.stubs import api_pb2_grpc
 
+from .conftest import eventually
+
 BUSYBOX = "localhost/crilab/busybox:local"
 THREADS = 16
 LIFECYCLES = 25  # per thread
@@ -132,18 +134,9 @@ class Watcher:
         self.channel.close()
 
 
-def _wait_for(predicate, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_many_clients_run_whole_lifecycles_at_once(rt: FakeRuntime, tmp_path: Path) -> None:
     watchers = [Watcher(rt) for _ in range(SUBSCRIBERS)]
-    assert _wait_for(lambda: rt.state.events.subscribers == SUBSCRIBERS)
+    assert eventually(lambda: rt.state.events.subscribers == SUBSCRIBERS)
     subs = list(rt.state.events._subs)  # the server side of the watchers, for their drop counts
     failures: list[str] = []
     workers = [
@@ -184,7 +177,7 @@ def test_many_clients_run_whole_lifecycles_at_once(rt: FakeRuntime, tmp_path: Pa
     def accounted() -> int:
         return sum(len(w.events) for w in watchers) + sum(sub.dropped for sub in subs)
 
-    assert _wait_for(lambda: accounted() >= SUBSCRIBERS * expected, within=20)
+    assert eventually(lambda: accounted() >= SUBSCRIBERS * expected, within=20)
     time.sleep(0.2)
     assert accounted() == SUBSCRIBERS * expected
     for watcher in watchers:
@@ -196,7 +189,7 @@ def test_many_clients_run_whole_lifecycles_at_once(rt: FakeRuntime, tmp_path: Pa
             assert rank > last[event.container_id], "events of a container out of order"
             last[event.container_id] = rank
         assert len(last) >= THREADS * LIFECYCLES * 2 * 0.5  # most containers were seen
-    assert _wait_for(lambda: rt.state.events.subscribers == 0), "a subscriber was left behind"
+    assert eventually(lambda: rt.state.events.subscribers == 0), "a subscriber was left behind"
     assert rt.running
     print(f"{len(calls)} calls from {THREADS} clients in {elapsed:.1f}s")
 
@@ -221,6 +214,6 @@ def test_subscribers_come_and_go_while_lifecycles_run(rt: FakeRuntime, tmp_path:
         worker.join(timeout=100)
     assert failures == []
     assert churned > 0
-    assert _wait_for(lambda: rt.state.events.subscribers == 0), "a subscriber was left behind"
+    assert eventually(lambda: rt.state.events.subscribers == 0), "a subscriber was left behind"
     assert rt.state.check_invariants() == []
     assert rt.state.pods == {} and rt.state.containers == {}

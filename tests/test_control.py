@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from crilab.runtime.instrument import Lognormal
 from crilab.stubs import api_pb2 as pb
 from crilab.stubs import api_pb2_grpc, control_pb2, control_pb2_grpc
 
-from .conftest import find_crictl, require
+from .conftest import eventually, find_crictl, require
 
 pytestmark = pytest.mark.timeout(180)
 C = grpc.StatusCode
@@ -76,15 +75,6 @@ def code_of(call, request, timeout: float = 10) -> C:
     except grpc.RpcError as err:
         return err.code()
     return C.OK
-
-
-def eventually(check, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # -- through RemoteControl ------------------------------------------------------------------

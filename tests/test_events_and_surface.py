@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -21,6 +21,8 @@ from crilab.client import CHANNEL_OPTIONS
 from crilab.runtime.state import EVENT_TRIMMED_NOTE
 from crilab.stubs import api_pb2 as pb
 from crilab.stubs import api_pb2_grpc
+
+from .conftest import eventually
 
 BUSYBOX = "localhost/crilab/busybox:local"
 LIFECYCLE = [
@@ -92,15 +94,6 @@ def s(rt: FakeRuntime) -> Iterator[Stubs]:
     stubs = Stubs(rt)
     yield stubs
     stubs.channel.close()
-
-
-def eventually(check: Callable[[], bool], within: float = 5.0) -> bool:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 class Listener:

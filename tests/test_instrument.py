@@ -19,6 +19,8 @@ from crilab.serving import MAX_MESSAGE_BYTES
 from crilab.stubs import api_pb2 as pb
 from crilab.stubs import api_pb2_grpc
 
+from .conftest import eventually
+
 BUSYBOX = "localhost/crilab/busybox:local"
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
@@ -189,15 +191,6 @@ def test_a_stream_is_recorded_with_its_message_count(rt: FakeRuntime, s: Stubs) 
     assert (stream[0].code, stream[0].response) == ("OK", 2)
     assert isinstance(stream[0].request, pb.StreamContainersRequest)
     assert (images[0].code, images[0].response) == ("OK", 1)
-
-
-def eventually(check, within: float = 5.0) -> bool:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_an_abandoned_stream_is_recorded_as_the_client_saw_it(rt: FakeRuntime, s: Stubs) -> None:

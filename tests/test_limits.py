@@ -30,6 +30,8 @@ from crilab.serving import MAX_MESSAGE_BYTES
 from crilab.stubs import api_pb2 as pb
 from crilab.stubs import api_pb2_grpc
 
+from .conftest import eventually
+
 BUSYBOX = "localhost/crilab/busybox:local"
 C = grpc.StatusCode
 
@@ -194,7 +196,7 @@ def test_event_queues_are_bounded_and_count_what_they_drop(rt: FakeRuntime, tmp_
     # and a gRPC watcher that never reads either: neither may slow the runtime down
     stubs = Stubs(rt)
     watch = stubs.rs.GetContainerEvents(pb.GetEventsRequest())
-    assert _wait(lambda: state.events.subscribers == 2)
+    assert eventually(lambda: state.events.subscribers == 2)
     pod = state.run_pod_sandbox(pod_config("ev", log_directory=str(tmp_path / "logs")))
     t0 = time.monotonic()
     events = 0
@@ -209,17 +211,8 @@ def test_event_queues_are_bounded_and_count_what_they_drop(rt: FakeRuntime, tmp_
     assert stalled._items[-1].container_event_type == pb.CONTAINER_DELETED_EVENT
     stalled.close()
     watch.cancel()
-    assert _wait(lambda: state.events.subscribers == 0)
+    assert eventually(lambda: state.events.subscribers == 0)
     stubs.channel.close()
-
-
-def _wait(predicate, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_a_chatty_containers_log_is_rotated_and_stays_bounded(
@@ -317,7 +310,7 @@ def test_stop_and_exec_give_up_with_their_caller(rt: FakeRuntime, s: Stubs, tmp_
     assert set(codes) <= {C.DEADLINE_EXCEEDED, C.RESOURCE_EXHAUSTED}, codes
     assert codes.count(C.DEADLINE_EXCEEDED) >= 20
     assert running["started"] >= 20
-    assert _wait(lambda: running["now"] == 0, within=2), running
+    assert eventually(lambda: running["now"] == 0, within=2), running
     t0 = time.monotonic()
     assert s.version_works()
     assert time.monotonic() - t0 < 1.5
@@ -342,7 +335,7 @@ def test_long_calls_are_capped_so_short_calls_are_always_served(
     assert 0 < limit < 32
     streams = _streams(s.rs, limit)
     try:
-        assert _wait(lambda: rt.state.events.subscribers == limit), rt.state.events.subscribers
+        assert eventually(lambda: rt.state.events.subscribers == limit), rt.state.events.subscribers
         with pytest.raises(grpc.RpcError) as caught:
             next(s.rs.GetContainerEvents(pb.GetEventsRequest(), timeout=10))
         err = caught.value
@@ -371,11 +364,11 @@ def test_long_calls_are_capped_so_short_calls_are_always_served(
         assert all("worker threads" in c.details for c in refused)
         # close one: a new stream is admitted and gets events
         streams.pop().cancel()
-        assert _wait(lambda: rt.state.events.subscribers == limit - 1)
-        assert _wait(lambda: rt._server.gate.running == limit - 1)
+        assert eventually(lambda: rt.state.events.subscribers == limit - 1)
+        assert eventually(lambda: rt._server.gate.running == limit - 1)
         fresh = s.rs.GetContainerEvents(pb.GetEventsRequest(), timeout=30)
         streams.append(fresh)
-        assert _wait(lambda: rt.state.events.subscribers == limit)
+        assert eventually(lambda: rt.state.events.subscribers == limit)
         rt.state.stop_container(cid, 0)
         event = next(fresh)
         assert event.container_id == cid
@@ -383,8 +376,8 @@ def test_long_calls_are_capped_so_short_calls_are_always_served(
     finally:
         for stream in streams:
             stream.cancel()
-    assert _wait(lambda: rt._server.gate.running == 0)
-    assert _wait(lambda: rt.state.events.subscribers == 0)
+    assert eventually(lambda: rt._server.gate.running == 0)
+    assert eventually(lambda: rt.state.events.subscribers == 0)
 
 
 def test_a_full_server_refuses_at_once_instead_of_queueing(tmp_path: Path) -> None:
@@ -443,7 +436,7 @@ def test_every_answer_and_stream_message_over_16_mib_is_refused_with_advice(
 
     # a container event carries its pod's status: trimmed to fit, the stream goes on
     events = s.rs.GetContainerEvents(pb.GetEventsRequest(), timeout=60)
-    assert _wait(lambda: rt.state.events.subscribers == 1)
+    assert eventually(lambda: rt.state.events.subscribers == 1)
     cid = rt.state.create_container(pod, container_config("d", BUSYBOX, ["true"]))
     event = next(events)
     assert event.container_id == cid and event.ByteSize() < 16 * 1024 * 1024
