@@ -234,16 +234,21 @@ def expect(path: Path) -> Expect:
 
 
 def text_of(cell) -> str:
-    """Everything a code cell showed, as text (streams, every data format, errors)."""
+    """Everything a code cell showed, as text (streams, every data format, errors).
+
+    Each stream is joined back whole: a line printed to stdout can arrive in several
+    pieces when something else (a grpc log line on stderr) comes in between.
+    """
+    streams: dict[str, str] = {}
     parts: list[str] = []
     for output in cell.get("outputs", []):
         if output.output_type == "stream":
-            parts.append(output.text)
+            streams[output.name] = streams.get(output.name, "") + output.text
         elif output.output_type == "error":
             parts.append(f"{output.ename}: {output.evalue}")
         else:
             parts.extend(str(value) for value in output.get("data", {}).values())
-    return "\n".join(parts)
+    return "\n".join([*streams.values(), *parts])
 
 
 def tagged(nb, key: str) -> list[tuple[int, str]]:
