@@ -551,9 +551,11 @@ def test_delays_end_at_the_deadline_and_free_the_workers() -> None:
         assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 4
         # with the workers still asleep this call would time out
         assert s.rs.Status(pb.StatusRequest(), timeout=10) is not None
-        assert eventually(lambda: len(rt.calls_to("Version")) == 4)
+        # the two that held the workers are recorded; a call whose deadline passed while it
+        # queued for a worker may be dropped by grpc before any handler (or record) sees it
+        assert eventually(lambda: len(rt.calls_to("Version")) >= 2)
         assert {c.code for c in rt.calls_to("Version")} == {"DEADLINE_EXCEEDED"}
-        assert rt.instrument.waiting == 0
+        assert eventually(lambda: rt.instrument.waiting == 0)
         s.channel.close()
 
 
